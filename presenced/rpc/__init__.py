@@ -1,0 +1,68 @@
+"""Sans-I/O implementation of the Decentraland RPC protocol (@dcl/rpc) wire format."""
+
+from presenced.rpc.client import RpcClientConnection
+from presenced.rpc.events import (
+    ClientEvent,
+    ModuleLoaded,
+    PortClosed,
+    PortCreated,
+    RemoteErrorReceived,
+    ResponseReceived,
+    ServerEvent,
+    ServerReady,
+    StreamCancelled,
+    StreamEnded,
+    StreamItem,
+    StreamOffered,
+    StreamReady,
+    StreamRequest,
+    UnaryRequest,
+)
+from presenced.rpc.frames import (
+    CLOSE_PROTOCOL_ERROR,
+    SERVER_READY_FRAME,
+    ErrorCode,
+    MessageType,
+    ProtocolError,
+    encode_response,
+    encode_stream_message,
+    pack_id,
+    parse_frame,
+    unpack_id,
+)
+from presenced.rpc.modules import ModuleSpec, ProcedureSpec, module_registry
+from presenced.rpc.server import RpcServerConnection, StreamNotReadyError
+
+__all__ = [
+    "CLOSE_PROTOCOL_ERROR",
+    "SERVER_READY_FRAME",
+    "ClientEvent",
+    "ErrorCode",
+    "MessageType",
+    "ModuleLoaded",
+    "ModuleSpec",
+    "PortClosed",
+    "PortCreated",
+    "ProcedureSpec",
+    "ProtocolError",
+    "RemoteErrorReceived",
+    "ResponseReceived",
+    "RpcClientConnection",
+    "RpcServerConnection",
+    "ServerEvent",
+    "ServerReady",
+    "StreamCancelled",
+    "StreamEnded",
+    "StreamItem",
+    "StreamNotReadyError",
+    "StreamOffered",
+    "StreamReady",
+    "StreamRequest",
+    "UnaryRequest",
+    "encode_response",
+    "encode_stream_message",
+    "module_registry",
+    "pack_id",
+    "parse_frame",
+    "unpack_id",
+]

@@ -1,0 +1,3 @@
+from presenced.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `presenced` command line."""

@@ -1,0 +1,192 @@
+"""The `presenced` command: `serve` and the operator tools.
+
+Commands are synchronous (Typer has no async commands) and each runs its
+own `trio.run`. Every option of `serve` can also be set through an
+environment variable `PRESENCED_<OPTION>`.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import trio
+import typer
+
+from presenced import __version__
+
+app = typer.Typer(
+    name="presenced",
+    help="Real-time presence daemon for Decentraland-style social services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"presenced {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True,
+                     help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Real-time presence daemon for Decentraland-style social services."""
+
+
+def _env(name: str) -> str:
+    return f"PRESENCED_{name}"
+
+
+def _parse_bounds(text: str) -> tuple[int, int, int, int]:
+    try:
+        min_x, min_y, max_x, max_y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            "expected MIN_X,MIN_Y,MAX_X,MAX_Y, e.g. -150,-150,163,158"
+        ) from None
+    if min_x > max_x or min_y > max_y:
+        raise typer.BadParameter("minimums must not exceed maximums")
+    return min_x, min_y, max_x, max_y
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar=_env("HOST"),
+                                      help="Address to listen on for WebSockets.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar=_env("PORT"),
+                                      help="Port to listen on for WebSockets.")] = 8085,
+    friends: Annotated[Path | None, typer.Option(
+        envvar=_env("FRIENDS"), exists=True, dir_okay=False,
+        help="Friendships to load at start (embedded store): CSV lines 'address_a,address_b', "
+             "'#' comments, or JSON lines.")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        envvar=_env("REDIS_URL"),
+        help="Use the shared Redis store at this URL (redis://host:port/db) instead of the "
+             "embedded store; required for several instances.")] = None,
+    ttl: Annotated[float, typer.Option(envvar=_env("TTL"), min=1,
+                                       help="Seconds without a sign of life before a user is "
+                                            "offline.")] = 120.0,
+    offline_grace: Annotated[float, typer.Option(
+        envvar=_env("OFFLINE_GRACE"), min=0,
+        help="Seconds after a user's last connection closes before friends are told OFFLINE; "
+             "a reconnect within it is invisible.")] = 5.0,
+    heartbeat_rate: Annotated[float, typer.Option(
+        envvar=_env("HEARTBEAT_RATE"), min=0.001,
+        help="Heartbeats per second allowed per connection; more get a too-many-requests "
+             "error.")] = 1.0,
+    heartbeat_burst: Annotated[int, typer.Option(
+        envvar=_env("HEARTBEAT_BURST"), min=1,
+        help="Heartbeats a connection may send back to back before the rate applies.")] = 2,
+    bounds: Annotated[str, typer.Option(
+        envvar=_env("BOUNDS"),
+        help="Accepted parcel coordinates as MIN_X,MIN_Y,MAX_X,MAX_Y.")] = "-1000,-1000,1000,1000",
+    realm_max_bytes: Annotated[int, typer.Option(
+        envvar=_env("REALM_MAX_BYTES"), min=1,
+        help="Longest accepted realm name, in UTF-8 bytes.")] = 128,
+    auth_timeout: Annotated[float, typer.Option(
+        envvar=_env("AUTH_TIMEOUT"), min=0.1,
+        help="Seconds a new connection has to send its login frame (else closed with 3004).")
+    ] = 30.0,
+    auth_window: Annotated[float, typer.Option(
+        envvar=_env("AUTH_WINDOW"), min=1,
+        help="Seconds the signed login timestamp may differ from the server's clock.")] = 300.0,
+    max_frame_bytes: Annotated[int, typer.Option(
+        envvar=_env("MAX_FRAME_BYTES"), min=256,
+        help="Largest inbound WebSocket message; larger ones close the connection with "
+             "1009.")] = 16384,
+    ping_interval: Annotated[float, typer.Option(
+        envvar=_env("PING_INTERVAL"), min=0.1,
+        help="Seconds between keepalive pings on each connection.")] = 30.0,
+    ping_timeout: Annotated[float, typer.Option(
+        envvar=_env("PING_TIMEOUT"), min=0.1,
+        help="Seconds a connection has to answer a ping before it is closed.")] = 30.0,
+    send_queue: Annotated[int, typer.Option(
+        envvar=_env("SEND_QUEUE"), min=8,
+        help="Frames queued for one connection before it counts as too slow and is "
+             "disconnected.")] = 512,
+    stuck_timeout: Annotated[float, typer.Option(
+        envvar=_env("STUCK_TIMEOUT"), min=1,
+        help="Seconds a subscriber may leave a stream item unacknowledged while updates "
+             "wait before it is disconnected.")] = 60.0,
+    max_connections: Annotated[int, typer.Option(
+        envvar=_env("MAX_CONNECTIONS"), min=0,
+        help="Connections accepted at once (0: no limit); past it new ones close with "
+             "1013.")] = 0,
+    sweep_interval: Annotated[float, typer.Option(
+        envvar=_env("SWEEP_INTERVAL"), min=0.1,
+        help="Seconds between sweeps for users whose instance vanished.")] = 5.0,
+    log_level: Annotated[str, typer.Option(
+        envvar=_env("LOG_LEVEL"), help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the presence daemon."""
+    from presenced.engine import EngineConfig
+    from presenced.server.app import ConfigError
+    from presenced.server.app import serve as serve_forever
+    from presenced.server.config import ServerConfig
+    from presenced.server.runtime import setup_logging, tune_gc
+
+    min_x, min_y, max_x, max_y = _parse_bounds(bounds)
+    config = ServerConfig(
+        host=host,
+        port=port,
+        auth_timeout_s=auth_timeout,
+        auth_window_ms=int(auth_window * 1000),
+        max_frame_bytes=max_frame_bytes,
+        ping_interval_s=ping_interval,
+        ping_timeout_s=ping_timeout,
+        send_queue_frames=send_queue,
+        stuck_timeout_s=stuck_timeout,
+        max_connections=max_connections,
+        sweep_interval_s=sweep_interval,
+        friends_file=str(friends) if friends else None,
+        redis_url=redis_url,
+        engine=EngineConfig(
+            ttl_ms=int(ttl * 1000),
+            offline_grace_ms=int(offline_grace * 1000),
+            heartbeat_rate=heartbeat_rate,
+            heartbeat_burst=heartbeat_burst,
+            realm_max_bytes=realm_max_bytes,
+            min_x=min_x,
+            max_x=max_x,
+            min_y=min_y,
+            max_y=max_y,
+        ),
+    )
+    setup_logging(log_level)
+
+    async def main() -> None:
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        shutdown.set()
+                        return
+
+            nursery.start_soon(on_signals)
+            await serve_forever(config, shutdown)
+            nursery.cancel_scope.cancel()
+
+    tune_gc()
+    try:
+        trio.run(main)
+    except* ConfigError as group:
+        for e in group.exceptions:
+            typer.echo(f"presenced: {e}", err=True)
+        raise typer.Exit(2) from None
+    except* KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,283 @@
+"""A Python client for presenced, over a real WebSocket.
+
+Used by the CLI, the load simulator and the tests. It logs in with an
+AuthChain, opens one port, loads `PresenceService` and offers the three
+RPCs. Streams are acknowledged lazily, when the caller takes the next item,
+as the TypeScript `@dcl/rpc` client does, so a slow consumer really is slow
+from the server's point of view.
+
+    async with PresenceClient.connect(url, identity) as client:
+        await client.heartbeat("main", 10, 20)
+        friends = await client.get_online_friends()
+        async with client.subscribe() as updates:
+            async for batch in updates:
+                ...
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from presenced.auth.identity import Identity, login_frame
+from presenced.rpc.client import RpcClientConnection
+from presenced.rpc.events import (
+    ModuleLoaded,
+    PortCreated,
+    RemoteErrorReceived,
+    ResponseReceived,
+    ServerReady,
+    StreamEnded,
+    StreamItem,
+    StreamOffered,
+)
+from presenced.v1 import presence_pb2 as pb
+
+MODULE = "PresenceService"
+
+
+class RemoteError(Exception):
+    """The server answered a call with a RemoteError."""
+
+
+class ConnectionEnded(Exception):
+    """The connection closed while a call was waiting; `code` is the close code."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(f"connection closed ({code}: {reason or 'no reason'})")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Call:
+    done: trio.Event
+    result: object = None
+
+
+class Subscription:
+    """Batches of `UserPresence` updates from one server stream.
+
+    Each batch is acknowledged when the next one is requested, so the server
+    holds (and coalesces) updates while the caller is busy.
+    """
+
+    def __init__(self, client: PresenceClient, number: int, message: type) -> None:
+        self._client = client
+        self.number = number
+        self._message = message
+        self._send, self._receive = trio.open_memory_channel[object](math.inf)
+        self._last_seq: int | None = None
+        self.ended = False
+
+    def _push(self, event: object) -> None:
+        self._send.send_nowait(event)
+
+    async def next_batch(self) -> list[pb.UserPresence] | None:
+        """The next item's users, or None when the server ended the stream."""
+        client = self._client
+        if self.ended:
+            return None
+        if self._last_seq is not None:
+            client._rpc.ack(self.number, self._last_seq)
+            await client._flush()
+        while True:
+            event = await self._receive.receive()
+            if isinstance(event, StreamOffered):
+                self._last_seq = 0
+                client._rpc.ack(self.number, 0)
+                await client._flush()
+            elif isinstance(event, StreamItem):
+                self._last_seq = event.seq
+                message = self._message.FromString(event.payload)
+                return list(message.users if hasattr(message, "users") else message.updates)
+            elif isinstance(event, StreamEnded):
+                self.ended = True
+                return None
+            elif isinstance(event, RemoteErrorReceived):
+                self.ended = True
+                raise RemoteError(event.message)
+            elif isinstance(event, ConnectionEnded):
+                self.ended = True
+                raise event
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[pb.UserPresence]:
+        batch = await self.next_batch()
+        if batch is None:
+            raise StopAsyncIteration
+        return batch
+
+    async def cancel(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._client._rpc.cancel_stream(self.number, self._last_seq or 0)
+            await self._client._flush()
+        self._client._streams.pop(self.number, None)
+
+
+class PresenceClient:
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self._rpc = RpcClientConnection()
+        self._calls: dict[int, _Call] = {}
+        self._streams: dict[int, Subscription] = {}
+        self._ready = trio.Event()
+        self._closed: ConnectionEnded | None = None
+        self.port_id = 0
+        self.procedures: dict[str, int] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        identity: Identity,
+        *,
+        timestamp_ms: int | None = None,
+        port_name: str = "presenced-client",
+        connect_timeout: float = 10.0,
+    ) -> AsyncIterator[PresenceClient]:
+        """Connect, log in and load the presence module."""
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        async with open_websocket_url(
+            url, connect_timeout=connect_timeout, disconnect_timeout=5
+        ) as ws:
+            client = cls(ws)
+            await ws.send_message(login_frame(identity, timestamp_ms))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._read)
+                with trio.fail_after(connect_timeout):
+                    await client._ready.wait()
+                    if client._closed is not None:
+                        raise client._closed
+                    await client._open_port(port_name)
+                yield client
+                nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------- RPCs
+
+    async def heartbeat(self, realm: str, x: int, y: int) -> pb.PositionResponse:
+        payload = pb.PositionPayload(position=pb.Position(realm=realm, x=x, y=y))
+        return await self.heartbeat_raw(payload.SerializeToString())
+
+    async def heartbeat_raw(self, payload: bytes) -> pb.PositionResponse:
+        raw = await self._unary(self.procedures["PositionHeartbeat"], payload)
+        return pb.PositionResponse.FromString(raw)
+
+    async def get_online_friends(self) -> list[pb.UserPresence]:
+        users: list[pb.UserPresence] = []
+        stream = await self._stream("GetOnlineFriends", pb.UsersResponse)
+        async for batch in stream:
+            users.extend(batch)
+        return users
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        stream = await self._stream(
+            "SubscribeFriendshipPresenceUpdates", pb.SubscribeFriendshipPresenceUpdatesResponse
+        )
+        try:
+            yield stream
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.cancel()
+                except ConnectionClosed:
+                    pass
+
+    async def close(self, code: int = 1000) -> None:
+        await self.ws.aclose(code)
+
+    # -------------------------------------------------------------- plumbing
+
+    async def _open_port(self, port_name: str) -> None:
+        created = await self._request(self._rpc.create_port(port_name))
+        assert isinstance(created, PortCreated)
+        self.port_id = created.port_id
+        loaded = await self._request(self._rpc.request_module(self.port_id, MODULE))
+        assert isinstance(loaded, ModuleLoaded)
+        self.procedures = dict(loaded.procedures)
+
+    async def _unary(self, procedure_id: int, payload: bytes) -> bytes:
+        result = await self._request(self._rpc.call(self.port_id, procedure_id, payload))
+        assert isinstance(result, ResponseReceived)
+        return result.payload
+
+    async def _stream(self, procedure: str, message: type) -> Subscription:
+        number = self._rpc.call(self.port_id, self.procedures[procedure])
+        stream = Subscription(self, number, message)
+        self._streams[number] = stream
+        await self._flush()
+        return stream
+
+    async def _request(self, number: int) -> object:
+        call = self._calls[number] = _Call(trio.Event())
+        await self._flush()
+        await call.done.wait()
+        result = call.result
+        if isinstance(result, RemoteErrorReceived):
+            raise RemoteError(result.message)
+        if isinstance(result, ConnectionEnded):
+            raise result
+        return result
+
+    async def _flush(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+        for frame in self._rpc.data_to_send():
+            try:
+                await self.ws.send_message(frame)
+            except ConnectionClosed as e:
+                self._end(e)
+                raise self._closed from None  # type: ignore[misc]
+
+    def _end(self, e: ConnectionClosed) -> None:
+        if self._closed is None:
+            reason = e.reason
+            self._closed = ConnectionEnded(
+                reason.code if reason else None, reason.reason if reason else None
+            )
+        for call in self._calls.values():
+            call.result = self._closed
+            call.done.set()
+        self._calls.clear()
+        for stream in self._streams.values():
+            stream._push(self._closed)
+        self._ready.set()
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                data = await self.ws.get_message()
+            except ConnectionClosed as e:
+                self._end(e)
+                return
+            if isinstance(data, str):
+                data = data.encode()
+            for event in self._rpc.receive_frame(data):
+                if isinstance(event, ServerReady):
+                    self._ready.set()
+                elif isinstance(event, (StreamOffered, StreamItem, StreamEnded)):
+                    stream = self._streams.get(event.number)
+                    if stream is not None:
+                        stream._push(event)
+                elif isinstance(event, RemoteErrorReceived) and event.number in self._streams:
+                    self._streams[event.number]._push(event)
+                else:
+                    call = self._calls.pop(event.number, None)  # type: ignore[union-attr]
+                    if call is not None:
+                        call.result = event
+                        call.done.set()
+
+
+__all__ = ["ConnectionEnded", "PresenceClient", "RemoteError", "Subscription"]

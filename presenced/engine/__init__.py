@@ -1,0 +1,23 @@
+"""The presence engine: pure presence logic with an injected clock."""
+
+from presenced.engine.engine import (
+    Accepted,
+    BadRequest,
+    EngineConfig,
+    EngineStats,
+    HeartbeatOutcome,
+    PresenceEngine,
+    TooManyRequests,
+)
+from presenced.engine.mailbox import Mailbox
+
+__all__ = [
+    "Accepted",
+    "BadRequest",
+    "EngineConfig",
+    "EngineStats",
+    "HeartbeatOutcome",
+    "Mailbox",
+    "PresenceEngine",
+    "TooManyRequests",
+]

@@ -1,0 +1,127 @@
+"""`presenced serve`: the WebSocket listener, the hub and a graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
+
+from presenced.server import closecodes
+from presenced.server.config import ServerConfig
+from presenced.server.connection import Connection
+from presenced.server.hub import Hub
+from presenced.store.base import Store
+from presenced.store.friends_file import read_friendships_file
+from presenced.store.memory import MemoryStore
+
+log = logging.getLogger("presenced.server")
+
+# Seconds the open connections get to close cleanly on shutdown.
+SHUTDOWN_GRACE_S = 10.0
+
+
+class ConfigError(Exception):
+    """The configuration cannot be served (bad friends file, port in use…)."""
+
+
+def build_store(config: ServerConfig) -> Store:
+    if config.redis_url:
+        from presenced.store.redis import RedisStore
+
+        return RedisStore(config.redis_url, config)
+    store = MemoryStore()
+    if config.friends_file:
+        try:
+            pairs, errors = read_friendships_file(config.friends_file)
+        except OSError as e:
+            raise ConfigError(f"cannot read friends file: {e}") from None
+        if errors:
+            shown = "; ".join(str(e) for e in errors[:5])
+            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+            raise ConfigError(f"{config.friends_file}: {shown}{more}")
+        added = store.load_friendships(pairs)
+        log.info("loaded %d friendships from %s", added, config.friends_file)
+    return store
+
+
+async def open_listeners(host: str, port: int, reuse_port: bool) -> list[trio.SocketListener]:
+    """TCP listeners; with `reuse_port` several processes can share the port."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host, backlog=4096)
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_PASSIVE)
+    listeners = []
+    for family, type_, proto, _, sockaddr in infos:
+        sock = trio.socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await sock.bind(sockaddr)
+        sock.listen(4096)
+        listeners.append(trio.SocketListener(sock))
+    return listeners
+
+
+async def serve(
+    config: ServerConfig,
+    shutdown: trio.Event,
+    *,
+    store: Store | None = None,
+    reuse_port: bool = False,
+    task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown` is set, then close every connection with 1001."""
+    hub = Hub(config, store or build_store(config))
+
+    async def handle(request: WebSocketRequest) -> None:
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            return
+        remote = request.remote
+        peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        if config.max_connections and len(hub.live) >= config.max_connections:
+            hub.metrics.disconnects["full"] += 1
+            with trio.move_on_after(5):
+                await ws.aclose(closecodes.TRY_AGAIN_LATER, "Unable to acquire connection")
+            return
+        await Connection(hub, ws, peer).run()
+
+    async with trio.open_nursery() as root:
+        await root.start(hub.run)
+        try:
+            listeners = await open_listeners(config.host, config.port, reuse_port)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {config.host}:{config.port}: {e}") from None
+        with trio.CancelScope() as connections_scope:
+            async with trio.open_nursery() as connections:
+                server = WebSocketServer(
+                    handle,
+                    listeners,
+                    handler_nursery=connections,
+                    max_message_size=config.max_frame_bytes,
+                    message_queue_size=8,
+                    connect_timeout=10,
+                    disconnect_timeout=5,
+                )
+                listen_scope = trio.CancelScope()
+
+                async def listen(*, task_status: trio.TaskStatus[None]) -> None:
+                    with listen_scope:
+                        await server.run(task_status=task_status)
+
+                await connections.start(listen)
+                hub.listen_port = server.port if len(listeners) == 1 else config.port
+                log.info("listening on ws://%s:%d (store: %s)", config.host, hub.listen_port,
+                         type(hub.store).__name__)
+                task_status.started(hub)
+                await shutdown.wait()
+                log.info("shutting down: closing %d connections", len(hub.live))
+                listen_scope.cancel()
+                hub.kill_all(closecodes.GOING_AWAY, "server shutting down")
+                connections_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+        root.cancel_scope.cancel()
+    await hub.store.aclose()

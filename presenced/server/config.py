@@ -1,0 +1,34 @@
+"""Everything `presenced serve` can be told, with production defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from presenced.engine import EngineConfig
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8085
+    # Seconds a new connection has to send its login frame (closed with 3004).
+    auth_timeout_s: float = 30.0
+    # How far the signed timestamp may be from now.
+    auth_window_ms: int = 300_000
+    # Inbound WebSocket messages larger than this are refused with 1009.
+    max_frame_bytes: int = 16 * 1024
+    # Keepalive: a connection that does not answer a ping in time is closed.
+    ping_interval_s: float = 30.0
+    ping_timeout_s: float = 30.0
+    # Frames waiting to be written to one connection; a client that lets it
+    # fill up is disconnected rather than slowing anyone else.
+    send_queue_frames: int = 512
+    # A subscriber whose stream has updates waiting but sent no ACK for this
+    # long is disconnected.
+    stuck_timeout_s: float = 60.0
+    max_connections: int = 0
+    tick_interval_s: float = 0.5
+    sweep_interval_s: float = 5.0
+    friends_file: str | None = None
+    redis_url: str | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)

@@ -1,0 +1,159 @@
+"""The hub joins the engine to a store and to the live connections.
+
+It owns the background work of one instance, each a task in its nursery:
+the store (loading, following other instances), the ticker (offline grace
+and TTL expiry of the users this instance vouches for) and the sweeper
+(users stranded by instances that died).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from presenced.engine import PresenceEngine
+from presenced.model import Presence, PresenceWrite
+from presenced.server.clock import TrioWallClock
+from presenced.server.config import ServerConfig
+from presenced.server.metrics import Metrics
+from presenced.store.base import (
+    Expired,
+    Friendship,
+    FriendshipChanged,
+    RemoteLeave,
+    RemotePresence,
+    Resync,
+    Store,
+    StoreEvent,
+)
+
+if TYPE_CHECKING:
+    from presenced.model import Position
+
+log = logging.getLogger("presenced.hub")
+
+
+class Killable(Protocol):
+    def kill(self, code: int, reason: str, cause: str) -> None: ...
+
+
+class Hub:
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.engine = PresenceEngine(config.engine, store.write)
+        self.metrics = Metrics()
+        # Logged-in connections by session id, and every connection, logged in or not.
+        self.connections: dict[int, Killable] = {}
+        self.live: set[Killable] = set()
+        # One counter for all connections, like the reference TS server.
+        self.port_ids = itertools.count(1)
+        self.session_ids = itertools.count(1)
+        self.ready = False
+        self.listen_port = 0
+        self._clock: TrioWallClock | None = None
+
+    def now_ms(self) -> int:
+        assert self._clock is not None, "Hub.run() has not started"
+        return self._clock.now_ms()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._clock = TrioWallClock()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_store)
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._sweeper)
+            self.ready = True
+            task_status.started()
+
+    async def _run_store(self, *, task_status: trio.TaskStatus[None]) -> None:
+        await self.store.run(self._apply_store_events, task_status=task_status)
+
+    # ------------------------------------------------------------ background
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.config.tick_interval_s)
+            for session_id in self.engine.tick(self.now_ms()):
+                conn = self.connections.get(session_id)
+                if conn is not None:
+                    conn.kill(1011, "presence expired: no sign of life", "expired")
+
+    async def _sweeper(self) -> None:
+        ttl = self.config.engine.ttl_ms
+        while True:
+            await trio.sleep(self.config.sweep_interval_s)
+            try:
+                expired = await self.store.claim_expired(self.now_ms(), ttl)
+            except Exception:
+                # The store reports its own health; the sweep retries next time.
+                log.debug("expiry sweep failed", exc_info=True)
+                continue
+            now = self.now_ms()
+            for address in expired:
+                self.engine.apply_expired(address, now)
+
+    def _apply_store_events(self, events: Sequence[StoreEvent]) -> None:
+        engine = self.engine
+        now = self.now_ms()
+        for event in events:
+            if isinstance(event, RemotePresence):
+                engine.apply_remote(event.presence, event.instance)
+            elif isinstance(event, RemoteLeave):
+                engine.apply_remote_leave(event.address, event.instance)
+            elif isinstance(event, Expired):
+                engine.apply_expired(event.address, now)
+            elif isinstance(event, FriendshipChanged):
+                if event.added:
+                    engine.add_friendship(event.a, event.b)
+                else:
+                    engine.remove_friendship(event.a, event.b, now)
+            elif isinstance(event, Resync):
+                self._resync(event)
+
+    def _resync(self, event: Resync) -> None:
+        me = self.store.instance_id
+        records = [(p, owners - {me}) for p, owners in event.records]
+        self.engine.reconcile(records, self.now_ms())
+        # The store may have lost what we wrote (a Redis restarted empty):
+        # write back everyone we vouch for, so the shared picture converges
+        # without anyone reconnecting.
+        for presence in self.engine.owned_presences():
+            self.store.write(PresenceWrite(presence, True))
+        log.info("resynchronised with the store (%s): %d users online elsewhere",
+                 event.reason, len(self.engine.remote_users()))
+
+    # --------------------------------------------------------- admin actions
+
+    async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
+        added = await self.store.add_friendships(pairs)
+        for a, b in added:
+            self.engine.add_friendship(a, b)
+        return added
+
+    async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
+        removed = await self.store.remove_friendships(pairs)
+        now = self.now_ms()
+        for a, b in removed:
+            self.engine.remove_friendship(a, b, now)
+        return removed
+
+    def inject_presence(self, address: str, position: Position | None) -> None:
+        self.engine.inject(address, position, self.now_ms())
+
+    def presence_of(self, address: str) -> Presence | None:
+        return self.engine.presence(address)
+
+    async def online_friends_of(self, address: str) -> list[Presence]:
+        friends = await self.store.friends_of(address)
+        return self.engine.presences(friends)
+
+    # -------------------------------------------------------------- shutdown
+
+    def kill_all(self, code: int, reason: str) -> None:
+        for conn in list(self.live):
+            conn.kill(code, reason, "shutdown")

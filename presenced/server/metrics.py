@@ -1,0 +1,57 @@
+"""Counters the server keeps as plain integers.
+
+They are bumped on hot paths (every delivered update), so they are not
+prometheus-client objects with a lock each; the admin endpoint turns them
+into Prometheus metrics when scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+
+# Seconds; fine-grained at the low end, where the 100 ms p99 target lives.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, cumulative count) pairs, ending with +Inf."""
+        out = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.connections_opened = 0
+        # (result, reason): ("ok", ""), ("failed", "bad-signature"), ("failed", "timeout")…
+        self.logins: Counter[tuple[str, str]] = Counter()
+        # Why connections ended: "client", "protocol-error", "slow-consumer"…
+        self.disconnects: Counter[str] = Counter()
+        # Inbound input refused: "protocol-error", "oversized", "invalid-payload"…
+        self.bad_input: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.updates_delivered = 0
+        self.updates_dropped = 0
+        self.stream_items_sent = 0
+        self.handler_errors = 0
+        self.notify_latency = Histogram()

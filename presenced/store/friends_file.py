@@ -1,0 +1,77 @@
+"""Friendship lists on disk: CSV (`address_a,address_b`) or JSON lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from presenced.model import normalize_address
+from presenced.store.base import Friendship, ordered_pair
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def parse_friendship_line(text: str) -> Friendship | None:
+    """Parse one line; None for blank lines and comments. Raises ValueError.
+
+    CSV: `0xabc…,0xdef…` (spaces allowed, `#` starts a comment).
+    JSON lines: `["0xabc…", "0xdef…"]` or `{"a": "0xabc…", "b": "0xdef…"}`.
+    """
+    line = text.strip()
+    if not line or line.startswith("#"):
+        return None
+    if line[0] in "[{":
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"invalid JSON: {e.msg}") from None
+        if isinstance(value, dict):
+            value = [value.get("a"), value.get("b")]
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError("expected a pair of addresses")
+        a, b = value
+    else:
+        line = line.split("#", 1)[0]
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2:
+            raise ValueError("expected two comma-separated addresses")
+        a, b = parts
+    if not isinstance(a, str) or not isinstance(b, str):
+        raise ValueError("addresses must be strings")
+    a, b = normalize_address(a), normalize_address(b)
+    if a == b:
+        raise ValueError("a user cannot be their own friend")
+    return ordered_pair(a, b)
+
+
+def parse_friendships(lines: Iterable[str]) -> tuple[list[Friendship], list[LineError]]:
+    """Parse every line, collecting errors with their 1-based line numbers."""
+    pairs: list[Friendship] = []
+    errors: list[LineError] = []
+    for number, text in enumerate(lines, start=1):
+        try:
+            pair = parse_friendship_line(text)
+        except ValueError as e:
+            errors.append(LineError(number, str(e)))
+            continue
+        if pair is not None:
+            pairs.append(pair)
+    return pairs, errors
+
+
+def read_friendships_file(path: str) -> tuple[list[Friendship], list[LineError]]:
+    with open(path, encoding="utf-8") as f:
+        return parse_friendships(f)
+
+
+def iter_csv(pairs: Iterable[Friendship]) -> Iterator[str]:
+    for a, b in pairs:
+        yield f"{a},{b}\n"
