@@ -72,6 +72,28 @@ def serve(
         envvar=_env("REDIS_URL"),
         help="Use the shared Redis store at this URL (redis://host:port/db) instead of the "
              "embedded store; required for several instances.")] = None,
+    redis_pool_size: Annotated[int, typer.Option(
+        envvar=_env("REDIS_POOL_SIZE"), min=1,
+        help="Most connections to Redis this process opens.")] = 16,
+    redis_timeout: Annotated[float, typer.Option(
+        envvar=_env("REDIS_TIMEOUT"), min=0.1,
+        help="Seconds any single Redis call may take (connect and socket timeouts).")] = 5.0,
+    redis_flush_interval: Annotated[float, typer.Option(
+        envvar=_env("REDIS_FLUSH_INTERVAL"), min=0.001,
+        help="Seconds between batched presence writes to Redis.")] = 0.1,
+    redis_resync_interval: Annotated[float, typer.Option(
+        envvar=_env("REDIS_RESYNC_INTERVAL"), min=1,
+        help="Seconds between full comparisons of local state with Redis.")] = 30.0,
+    admin_host: Annotated[str, typer.Option(
+        envvar=_env("ADMIN_HOST"),
+        help="Address of the admin and metrics HTTP endpoint; off loopback it requires "
+             "PRESENCED_ADMIN_TOKEN.")] = "127.0.0.1",
+    admin_port: Annotated[int, typer.Option(
+        envvar=_env("ADMIN_PORT"), help="Port of the admin and metrics HTTP endpoint.")] = 8086,
+    admin_token: Annotated[str | None, typer.Option(
+        envvar=_env("ADMIN_TOKEN"), show_default=False,
+        help="Bearer token the admin endpoint requires (prefer the environment variable).")
+    ] = None,
     ttl: Annotated[float, typer.Option(envvar=_env("TTL"), min=1,
                                        help="Seconds without a sign of life before a user is "
                                             "offline.")] = 120.0,
@@ -148,7 +170,14 @@ def serve(
         max_connections=max_connections,
         sweep_interval_s=sweep_interval,
         friends_file=str(friends) if friends else None,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        admin_token=admin_token or None,
         redis_url=redis_url,
+        redis_pool_size=redis_pool_size,
+        redis_socket_timeout_s=redis_timeout,
+        redis_flush_interval_s=redis_flush_interval,
+        redis_resync_interval_s=redis_resync_interval,
         engine=EngineConfig(
             ttl_ms=int(ttl * 1000),
             offline_grace_ms=int(offline_grace * 1000),

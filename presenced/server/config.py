@@ -30,5 +30,18 @@ class ServerConfig:
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None
+    # Admin/metrics HTTP endpoint. A token is required off loopback.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8086
+    admin_token: str | None = None
+    # Shared Redis store (None: the embedded store).
     redis_url: str | None = None
+    redis_pool_size: int = 16
+    redis_socket_timeout_s: float = 5.0
+    # Presence writes are batched into one pipeline this often.
+    redis_flush_interval_s: float = 0.1
+    # Full comparison with Redis this often, to repair anything missed.
+    redis_resync_interval_s: float = 30.0
+    # Processes sharing the listening port (SO_REUSEPORT); >1 needs Redis.
+    workers: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
