@@ -42,6 +42,29 @@ from presenced.v1 import presence_pb2 as pb
 MODULE = "PresenceService"
 
 
+@asynccontextmanager
+async def open_websocket(
+    url: str, *, connect_timeout: float = 10.0, disconnect_timeout: float = 5.0
+) -> AsyncIterator[WebSocketConnection]:
+    """`trio_websocket.open_websocket_url` that always releases its socket.
+
+    When the *server* starts the closing handshake, trio-websocket 0.12's
+    client waits for the server's TCP close and then never closes its own
+    socket (its `aclose()` returns early once a close reason is set). A load
+    generator churning through connections would leak one descriptor each.
+    """
+    ws: WebSocketConnection | None = None
+    try:
+        async with open_websocket_url(
+            url, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
+        ) as ws:
+            yield ws
+    finally:
+        if ws is not None:
+            with trio.CancelScope(shield=True):
+                await ws._stream.aclose()
+
+
 class RemoteError(Exception):
     """The server answered a call with a RemoteError."""
 
@@ -117,7 +140,7 @@ class Subscription:
         return batch
 
     async def cancel(self) -> None:
-        if not self.ended:
+        if not self.ended and self._client._closed is None:
             self.ended = True
             self._client._rpc.cancel_stream(self.number, self._last_seq or 0)
             await self._client._flush()
@@ -149,9 +172,7 @@ class PresenceClient:
         """Connect, log in and load the presence module."""
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
-        async with open_websocket_url(
-            url, connect_timeout=connect_timeout, disconnect_timeout=5
-        ) as ws:
+        async with open_websocket(url, connect_timeout=connect_timeout) as ws:
             client = cls(ws)
             await ws.send_message(login_frame(identity, timestamp_ms))
             async with trio.open_nursery() as nursery:
@@ -192,8 +213,8 @@ class PresenceClient:
             with trio.CancelScope(shield=True):
                 try:
                     await stream.cancel()
-                except ConnectionClosed:
-                    pass
+                except (ConnectionClosed, ConnectionEnded):
+                    pass  # nothing to cancel on a closed connection
 
     async def close(self, code: int = 1000) -> None:
         await self.ws.aclose(code)
@@ -280,4 +301,6 @@ class PresenceClient:
                         call.done.set()
 
 
-__all__ = ["ConnectionEnded", "PresenceClient", "RemoteError", "Subscription"]
+__all__ = [
+    "ConnectionEnded", "PresenceClient", "RemoteError", "Subscription", "open_websocket",
+]

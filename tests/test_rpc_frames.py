@@ -164,6 +164,7 @@ def test_empty_and_unknown_types_are_rejected(raw_type):
         h("0d01000028 220e") + b"social",  # string shorter than its length
         h("0d01000028 2202 80ff"),  # port_name is not UTF-8
         h("0d01000008 32 ffffffffffffffffff01"),  # absurd length varint
+        h("0d01000028") + b"\x7b" * 100_000,  # 100k nested unknown groups
     ],
 )
 def test_unparseable_frames_are_rejected(frame):

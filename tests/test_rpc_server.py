@@ -748,3 +748,48 @@ def test_trace_client_cancel_variant_on_a_second_connection():
     conn.data_to_send()
     assert conn.receive_frame(h("0d0a000018 1502000000 2501000000 3801")) == [StreamCancelled(10)]
     assert conn.data_to_send() == []
+
+
+# --- nothing follows an offer before its ack (@dcl/rpc 1.1.2 interop) --------------------------
+# The TS client starts listening for a stream's frames only after it has processed the offer; a
+# close or RemoteError arriving in the same event-loop turn was dropped and its iterator hung
+# (seen with the real npm client: a second subscription right behind the first, and a stream
+# request with an invalid payload). The TS server never sends anything there; neither do we.
+
+
+@pytest.mark.parametrize("end", ["close", "fail"])
+def test_ending_a_stream_before_its_offer_is_acked_waits_for_the_ack(end):
+    conn, _ = connected()
+    n = open_stream(conn, acked=False)
+    if end == "close":
+        assert conn.stream_close(n) is True
+        expected = [h("0d05000018 1501000000 3801")]
+    else:
+        assert conn.stream_fail(n, "bad payload") is True
+        expected = [h("0d05000048 1a0b") + b"bad payload"]
+    assert conn.data_to_send() == []  # held back
+    assert conn.stream_ids() == []  # already ended for the application
+    assert conn.stream_close(n) is False
+    assert conn.stream_fail(n, "again") is False
+    assert conn.stream_send(n, b"late") is False
+    assert conn.receive_frame(ack(n, 0)) == []  # no StreamReady for an ended stream
+    assert conn.data_to_send() == expected
+    assert conn.receive_frame(ack(n, 0)) == []
+    assert conn.data_to_send() == []
+
+
+def test_a_stream_ended_before_its_ack_can_still_be_cancelled_silently():
+    conn, _ = connected()
+    n = open_stream(conn, acked=False)
+    conn.stream_close(n)
+    assert conn.receive_frame(close(n, 0)) == []  # no StreamCancelled: the app ended it
+    assert conn.receive_frame(ack(n, 0)) == []
+    assert conn.data_to_send() == []
+
+
+def test_an_early_ack_lets_the_end_go_at_once():
+    # Unity may ack seq 0 before the offer is even sent; then nothing is held.
+    conn, _ = connected()
+    n = open_stream(conn)  # acked
+    conn.stream_close(n)
+    assert conn.data_to_send() == [h("0d05000018 1501000000 3801")]

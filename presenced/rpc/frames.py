@@ -26,6 +26,7 @@ __all__ = [
     "MAX_NUMBER",
     "SERVER_READY_FRAME",
     "SERVER_TO_CLIENT",
+    "VARINT_BELOW_128",
     "ErrorCode",
     "MessageType",
     "ProtocolError",
@@ -242,13 +243,14 @@ def match_stream_ack(data: bytes) -> tuple[int, int] | None:
 
 # --- encoding ----------------------------------------------------------------------------------
 
-_ONE_BYTE: Final[tuple[bytes, ...]] = tuple(bytes((i,)) for i in range(128))
+#: Varints of 0..127 (one byte each), indexable without a function call on the hot path.
+VARINT_BELOW_128: Final[tuple[bytes, ...]] = tuple(bytes((i,)) for i in range(128))
 
 
 def encode_varint(value: int) -> bytes:
     """Base-128 varint of a non-negative int (protobuf lengths)."""
     if value < 0x80:
-        return _ONE_BYTE[value]
+        return VARINT_BELOW_128[value]
     if value < 0x4000:
         return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()

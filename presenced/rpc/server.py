@@ -19,7 +19,7 @@ import itertools
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
 from presenced.rpc import wire_pb2
 from presenced.rpc.events import (
@@ -31,9 +31,9 @@ from presenced.rpc.events import (
     UnaryRequest,
 )
 from presenced.rpc.frames import (
-    _ONE_BYTE,
     CLIENT_TO_SERVER,
     SERVER_READY_FRAME,
+    VARINT_BELOW_128,
     ErrorCode,
     MessageType,
     encode_create_port_response,
@@ -52,6 +52,9 @@ __all__ = ["RpcServerConnection", "StreamNotReadyError"]
 
 _STREAM_MESSAGE: Final = MessageType.STREAM_MESSAGE
 _STREAM_ACK: Final = MessageType.STREAM_ACK
+_REQUEST: Final = MessageType.REQUEST
+_CREATE_PORT: Final = MessageType.CREATE_PORT
+_REQUEST_MODULE: Final = MessageType.REQUEST_MODULE
 _SEQ_THEN_PAYLOAD_TAG: Final = struct.Struct("<BIB").pack  # 0x25 <seq> 0x32
 _SEQ_TAG: Final = struct.Struct("<BI").pack  # 0x25 <seq>
 _CLOSED_TRUE: Final = b"\x38\x01"
@@ -62,7 +65,7 @@ class StreamNotReadyError(RuntimeError):
 
 
 class _Stream:
-    __slots__ = ("port_id", "prefix", "seq", "ready", "ready_event")
+    __slots__ = ("port_id", "prefix", "seq", "ready", "ready_event", "end")
 
     def __init__(self, stream_id: int, port_id: int, prefix: bytes) -> None:
         self.port_id = port_id
@@ -72,6 +75,9 @@ class _Stream:
         self.ready = False
         # Events are immutable, so one instance serves every ack (saves ~1 us per ack).
         self.ready_event = StreamReady(stream_id)
+        # The closed or RemoteError frame of a stream ended before its offer was acked: held
+        # back until that ack (see RpcServerConnection._end_stream).
+        self.end: bytes | None = None
 
 
 class _Port:
@@ -119,12 +125,6 @@ class RpcServerConnection:
         self._out: list[bytes] = []
         self._closed = False
         self.stray_frames = 0
-        self._handlers: dict[MessageType, Callable[[int, Any], list[ServerEvent]]] = {
-            MessageType.REQUEST: self._on_request,
-            MessageType.CREATE_PORT: self._on_create_port,
-            MessageType.REQUEST_MODULE: self._on_request_module,
-            MessageType.DESTROY_PORT: self._on_destroy_port,
-        }
 
     # --- inspection -------------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ class RpcServerConnection:
 
     def stream_ids(self) -> list[int]:
         """Live streams, in creation order."""
-        return list(self._streams)
+        return [sid for sid, stream in self._streams.items() if stream.end is None]
 
     def port_ids(self) -> list[int]:
         """Open ports, in creation order."""
@@ -159,7 +159,13 @@ class RpcServerConnection:
                 self.stray_frames += 1
                 return []
             return self._on_ack(number, msg.sequence_id)
-        return self._handlers[mtype](number, msg)
+        if mtype is _REQUEST:
+            return self._on_request(number, msg)
+        if mtype is _CREATE_PORT:
+            return self._on_create_port(number, msg)
+        if mtype is _REQUEST_MODULE:
+            return self._on_request_module(number, msg)
+        return self._on_destroy_port(number, msg)  # the last type in CLIENT_TO_SERVER
 
     def _on_ack(self, number: int, seq: int) -> list[ServerEvent]:
         stream = self._streams.get(number)
@@ -168,15 +174,22 @@ class RpcServerConnection:
             # normal; any ack at or past the last sequence sent is all the credit we need.
             self.stray_frames += 1
             return []
+        if stream.end is not None:
+            del self._streams[number]
+            self._out.append(stream.end)
+            return []
         stream.ready = True
         return [stream.ready_event]
 
     def _on_client_close(self, number: int) -> list[ServerEvent]:
         # Any close cancels, whatever its seq and type: the TS server only honours a close that
         # matches the ack it is waiting for, which silently drops closes sent at other moments.
-        if self._streams.pop(number, None) is None:
+        stream = self._streams.pop(number, None)
+        if stream is None:
             self.stray_frames += 1  # e.g. C# echoing our own close back
             return []
+        if stream.end is not None:
+            return []  # the application had already ended it
         return [StreamCancelled(number)]
 
     def _on_create_port(self, number: int, msg: wire_pb2.CreatePort) -> list[ServerEvent]:
@@ -294,6 +307,8 @@ class RpcServerConnection:
         if stream is None:
             return False
         if not stream.ready:
+            if stream.end is not None:
+                return False
             raise StreamNotReadyError(f"stream {stream_id} is waiting for an ack")
         seq = stream.seq + 1
         stream.seq = seq
@@ -305,7 +320,7 @@ class RpcServerConnection:
                     (
                         stream.prefix,
                         _SEQ_THEN_PAYLOAD_TAG(0x25, seq, 0x32),
-                        _ONE_BYTE[n] if n < 0x80 else encode_varint(n),
+                        VARINT_BELOW_128[n] if n < 0x80 else encode_varint(n),
                         payload,
                     )
                 )
@@ -316,21 +331,34 @@ class RpcServerConnection:
 
     def stream_close(self, stream_id: int) -> bool:
         """End the stream normally: closed=true carrying the last sequence id sent."""
-        stream = self._streams.pop(stream_id, None)
-        if stream is None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.end is not None:
             return False
         if stream.seq:
-            self._out.append(stream.prefix + _SEQ_TAG(0x25, stream.seq) + _CLOSED_TRUE)
+            frame = stream.prefix + _SEQ_TAG(0x25, stream.seq) + _CLOSED_TRUE
         else:
-            self._out.append(stream.prefix + _CLOSED_TRUE)
+            frame = stream.prefix + _CLOSED_TRUE
+        self._end_stream(stream_id, stream, frame)
         return True
 
     def stream_fail(self, stream_id: int, message: str, code: int = 0) -> bool:
         """End the stream with a RemoteError carrying the stream's number."""
-        if self._streams.pop(stream_id, None) is None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.end is not None:
             return False
-        self._out.append(encode_remote_error(stream_id, message, code))
+        self._end_stream(stream_id, stream, encode_remote_error(stream_id, message, code))
         return True
+
+    def _end_stream(self, stream_id: int, stream: _Stream, frame: bytes) -> None:
+        if stream.seq == 0 and not stream.ready:
+            # Nothing may follow the offer until the client acks it (the TS server never sends
+            # anything there): @dcl/rpc 1.1.2 starts listening for a stream's frames only after
+            # it has processed the offer, so a close or error handled in the same event-loop
+            # turn is dropped and the client's iterator hangs. The ack releases the frame.
+            stream.end = frame
+        else:
+            del self._streams[stream_id]
+            self._out.append(frame)
 
     def data_to_send(self) -> list[bytes]:
         """Frames queued since the last call, in order; each is one binary WebSocket message."""

@@ -65,13 +65,14 @@ def _close_reason(text: str) -> str:
 class _Stream:
     """A server stream; `pump` sends its next item when it may."""
 
-    __slots__ = ("conn", "stream_id", "sent_at")
+    __slots__ = ("conn", "stream_id", "blocked_since")
 
     def __init__(self, conn: Connection, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
-        # trio time of the last item sent and not yet acked; None when acked.
-        self.sent_at: float | None = None
+        # trio time since which items have been waiting for the client's ACK;
+        # None while nothing waits. A client that lets this grow old is stuck.
+        self.blocked_since: float | None = None
 
     def pump(self) -> None:
         raise NotImplementedError
@@ -89,6 +90,7 @@ class _OnlineFriendsStream(_Stream):
     def __init__(self, conn: Connection, stream_id: int, batches: list[bytes]) -> None:
         super().__init__(conn, stream_id)
         self.batches = batches
+        self.blocked_since = trio.current_time()
 
     def has_pending(self) -> bool:
         return bool(self.batches)
@@ -100,7 +102,7 @@ class _OnlineFriendsStream(_Stream):
             return
         if self.batches:
             rpc.stream_send(self.stream_id, self.batches.pop(0))
-            self.sent_at = trio.current_time()
+            self.blocked_since = trio.current_time() if self.batches else None
         else:
             rpc.stream_close(self.stream_id)
             conn.streams.pop(self.stream_id, None)
@@ -142,11 +144,15 @@ class _SubscriptionStream(_Stream):
                 rpc.stream_close(self.stream_id)
                 conn.flush()
             return
-        if not mailbox.pending or not rpc.stream_can_send(self.stream_id):
+        if not mailbox.pending:
+            return
+        if not rpc.stream_can_send(self.stream_id):
+            if self.blocked_since is None:
+                self.blocked_since = trio.current_time()
             return
         batch = mailbox.take(BATCH_SIZE)
         rpc.stream_send(self.stream_id, encode_presences(batch))
-        self.sent_at = trio.current_time()
+        self.blocked_since = trio.current_time() if mailbox.pending else None
         metrics = conn.hub.metrics
         metrics.updates_delivered += len(batch)
         metrics.stream_items_sent += 1
@@ -185,6 +191,7 @@ class Connection:
         metrics = hub.metrics
         metrics.connections_opened += 1
         hub.live.add(self)
+        close: tuple[int, str] = (closecodes.INTERNAL_ERROR, "internal error")
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -194,15 +201,17 @@ class Connection:
             metrics.disconnects[cause] += 1
             if cause not in ("client", "shutdown", "auth"):
                 log.info("closing %s (%s): %s", self._who(), cause, reason)
-            await self._close_now(code, reason)
+            close = (code, reason)
         except Exception:
             metrics.handler_errors += 1
             log.exception("connection %s failed", self._who())
-            await self._close_now(closecodes.INTERNAL_ERROR, "internal error")
         finally:
+            # The session ends now, not after the closing handshake, which an
+            # unresponsive client can stretch to the full timeout.
             hub.live.discard(self)
             if self.session_id:
                 self._cleanup()
+        await self._close_now(*close)
 
     async def _serve(self) -> None:
         hub = self.hub
@@ -330,7 +339,6 @@ class Connection:
         if isinstance(event, StreamReady):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.sent_at = None
                 stream.pump()
         elif isinstance(event, UnaryRequest):
             self._on_unary(event)
@@ -441,7 +449,8 @@ class Connection:
     def _check_stuck(self) -> None:
         limit = trio.current_time() - self.hub.config.stuck_timeout_s
         for stream in self.streams.values():
-            if stream.sent_at is not None and stream.sent_at < limit and stream.has_pending():
+            since = stream.blocked_since
+            if since is not None and since < limit and stream.has_pending():
                 self.kill(closecodes.POLICY_VIOLATION, "slow consumer: stream not acknowledged",
                           "slow-consumer")
                 return

@@ -1,0 +1,341 @@
+"""The server end to end, in-process, over real WebSockets on loopback."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
+
+from presenced.auth.identity import Identity, login_frame
+from presenced.client import ConnectionEnded, PresenceClient, RemoteError
+from presenced.client import open_websocket as open_websocket_url
+from presenced.engine import EngineConfig
+from presenced.model import Position
+from presenced.rpc import wire_pb2
+from presenced.rpc.frames import (
+    SERVER_READY_FRAME,
+    encode_create_port,
+    encode_request,
+    encode_request_module,
+)
+from presenced.server.app import serve
+from presenced.server.config import ServerConfig
+from presenced.store.memory import MemoryStore
+from presenced.v1 import presence_pb2 as pb
+
+USERS = [Identity.generate(random.Random(i)) for i in range(4)]
+ALICE, BOB, CAROL, DAVE = USERS
+ONLINE = pb.ONLINE
+OFFLINE = pb.OFFLINE
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Running:
+    def __init__(self, hub, shutdown: trio.Event) -> None:
+        self.hub = hub
+        self.shutdown = shutdown
+        self.url = f"ws://127.0.0.1:{hub.listen_port}/"
+
+    def client(self, identity: Identity):
+        return PresenceClient.connect(self.url, identity)
+
+
+@asynccontextmanager
+async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), **overrides):
+    engine = overrides.pop("engine", EngineConfig(offline_grace_ms=100))
+    config = replace(ServerConfig(port=0, engine=engine), **overrides)
+    store = MemoryStore()
+    store.load_friendships((a.address, b.address) for a, b in friendships)
+    shutdown = trio.Event()
+    hub = await nursery.start(
+        lambda task_status: serve(config, shutdown, store=store, task_status=task_status)
+    )
+    try:
+        yield Running(hub, shutdown)
+    finally:
+        shutdown.set()
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def expect_close(ws, timeout: float = 5.0) -> int:
+    """Read until the server closes; returns the close code."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                await ws.get_message()
+            except ConnectionClosed as e:
+                return e.reason.code
+
+
+# ------------------------------------------------------------------- login
+
+
+async def test_server_ready_is_the_first_frame_after_login(nursery):
+    async with running(nursery) as srv, open_websocket_url(srv.url) as ws:
+        await ws.send_message(login_frame(ALICE, now_ms()).encode())  # binary, like Godot
+        assert await ws.get_message() == SERVER_READY_FRAME == bytes.fromhex("0d00000058")
+
+
+async def test_frames_sent_right_behind_the_login_are_processed_not_dropped(nursery):
+    # Unity sends CREATE_PORT and REQUEST_MODULE without waiting for anything.
+    async with running(nursery) as srv, open_websocket_url(srv.url) as ws:
+        await ws.send_message(login_frame(ALICE, now_ms()))  # text, like Unity
+        await ws.send_message(encode_create_port(7, "social_service"))
+        await ws.send_message(encode_request_module(8, 1, "PresenceService"))
+        assert await ws.get_message() == SERVER_READY_FRAME
+        created = wire_pb2.CreatePortResponse.FromString(await ws.get_message())
+        loaded = wire_pb2.RequestModuleResponse.FromString(await ws.get_message())
+        assert created.message_identifier & 0x07FFFFFF == 7
+        assert loaded.message_identifier & 0x07FFFFFF == 8
+        names = {p.procedure_name for p in loaded.procedures}
+        assert names == {
+            "PositionHeartbeat", "GetOnlineFriends", "SubscribeFriendshipPresenceUpdates"
+        }
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        b"\xff\xfe\x00garbage",
+        '{"x-identity-timestamp": "1"}',
+        "[]",
+    ],
+)
+async def test_bad_login_frames_close_with_3003(nursery, frame):
+    async with running(nursery) as srv, open_websocket_url(srv.url) as ws:
+        await ws.send_message(frame)
+        assert await expect_close(ws) == 3003
+    assert sum(n for (result, _), n in srv.hub.metrics.logins.items() if result == "failed") == 1
+
+
+async def test_forged_signature_closes_with_3003_and_a_reason(nursery):
+    async with running(nursery) as srv, open_websocket_url(srv.url) as ws:
+        # Alice's chain with Bob's final signature: the signer does not match.
+        a, b = json.loads(login_frame(ALICE, now_ms())), json.loads(login_frame(BOB, now_ms()))
+        a["x-identity-auth-chain-2"] = b["x-identity-auth-chain-2"]
+        await ws.send_message(json.dumps(a))
+        with trio.fail_after(5):
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await ws.get_message()
+        assert info.value.reason.code == 3003
+        assert "Unauthorized" in info.value.reason.reason
+
+
+async def test_stale_timestamp_closes_with_3003(nursery):
+    async with running(nursery) as srv, open_websocket_url(srv.url) as ws:
+        await ws.send_message(login_frame(ALICE, now_ms() - 10 * 60 * 1000))
+        assert await expect_close(ws) == 3003
+
+
+async def test_silence_closes_with_3004(nursery):
+    async with running(nursery, auth_timeout_s=0.2) as srv, open_websocket_url(srv.url) as ws:
+        assert await expect_close(ws) == 3004
+    assert srv.hub.metrics.logins["failed", "timeout"] == 1
+
+
+# ------------------------------------------------------------ presence RPCs
+
+
+async def test_heartbeat_get_online_friends_and_live_updates(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        async with alice.subscribe() as updates:
+            async with srv.client(BOB) as bob:
+                (first,) = await updates.next_batch()
+                assert (first.address, first.status) == (BOB.address, ONLINE)
+                response = await bob.heartbeat("main", 10, -20)
+                assert response.WhichOneof("response") == "position"
+                (moved,) = await updates.next_batch()
+                assert (moved.position.realm, moved.position.x, moved.position.y) == (
+                    "main", 10, -20
+                )
+                friends = await bob.get_online_friends()
+                assert [f.address for f in friends] == [ALICE.address]
+                assert friends[0].last_seen_ms > 0
+            (gone,) = await updates.next_batch()
+            assert (gone.address, gone.status) == (BOB.address, OFFLINE)
+
+
+async def test_unchanged_heartbeat_tells_nobody(nursery):
+    async with running(nursery, engine=EngineConfig(heartbeat_rate=100, heartbeat_burst=10)) as srv:
+        async with srv.client(ALICE) as alice, srv.client(BOB) as bob:
+            await bob.heartbeat("main", 1, 1)
+            async with alice.subscribe() as updates:
+                (snapshot,) = await updates.next_batch()
+                assert snapshot.position.x == 1
+                await bob.heartbeat("main", 1, 1)
+                await bob.heartbeat("main", 2, 1)
+                (moved,) = await updates.next_batch()
+                assert moved.position.x == 2  # the unchanged one produced nothing
+
+
+async def test_heartbeat_errors_are_typed(nursery):
+    async with running(nursery, engine=EngineConfig(heartbeat_burst=1)) as srv:
+        async with srv.client(BOB) as bob:
+            assert (await bob.heartbeat("", 0, 0)).WhichOneof("response") == "bad_request"
+            await trio.sleep(1.0)
+            assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+            limited = await bob.heartbeat("main", 1, 0)
+            assert limited.WhichOneof("response") == "too_many_requests"
+            assert 0 < limited.too_many_requests.retry_after_ms <= 1000
+            too_far = Position("main", 5000, 0)
+            await trio.sleep(1.0)
+            r = await bob.heartbeat(too_far.realm, too_far.x, too_far.y)
+            assert r.WhichOneof("response") == "bad_request"
+            assert "x outside" in r.bad_request.message
+
+
+async def test_invalid_protobuf_payload_is_a_remote_error_not_a_disconnect(nursery):
+    async with running(nursery) as srv, srv.client(BOB) as bob:
+        with pytest.raises(RemoteError, match="invalid payload"):
+            await bob.heartbeat_raw(b"\x0a\xff\xff\xff")
+        assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.bad_input["invalid-payload"] == 1
+
+
+async def test_get_online_friends_streams_batches_of_at_most_100(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        friends = [f"0x{i:040x}" for i in range(1, 251)]
+        await srv.hub.add_friendships((ALICE.address, f) for f in friends)
+        for f in friends:
+            srv.hub.inject_presence(f, Position("main", 1, 1))
+        stream = await alice._stream("GetOnlineFriends", pb.UsersResponse)
+        sizes = [len(batch) async for batch in stream]
+        assert sizes == [100, 100, 50]
+
+
+async def test_second_subscription_ends_the_first(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        async with alice.subscribe() as first:
+            async with alice.subscribe() as second:
+                assert await first.next_batch() is None  # closed by the server
+                async with srv.client(BOB):
+                    (online,) = await second.next_batch()
+                    assert online.address == BOB.address
+
+
+async def test_runtime_friendship_changes_reach_subscriptions(nursery):
+    async with running(nursery, friendships=()) as srv:
+        async with srv.client(ALICE) as alice, srv.client(DAVE) as dave:
+            await dave.heartbeat("main", 3, 3)
+            async with alice.subscribe() as updates:
+                await srv.hub.add_friendships([(ALICE.address, DAVE.address)])
+                (added,) = await updates.next_batch()
+                assert (added.address, added.status, added.position.x) == (DAVE.address, ONLINE, 3)
+                await srv.hub.remove_friendships([(DAVE.address, ALICE.address)])
+                (removed,) = await updates.next_batch()
+                assert (removed.address, removed.status) == (DAVE.address, OFFLINE)
+
+
+# ------------------------------------------------------- bad input, overload
+
+
+async def test_oversized_frame_closes_with_1009_and_spares_others(nursery):
+    async with running(nursery, max_frame_bytes=1024) as srv, srv.client(ALICE) as alice:
+        async with alice.subscribe() as updates:
+            async with srv.client(BOB) as bob:
+                await updates.next_batch()
+                await bob.ws.send_message(b"\x00" * 5000)
+                with pytest.raises(ConnectionEnded) as info:
+                    with trio.fail_after(5):
+                        await bob.heartbeat("main", 1, 1)
+                assert info.value.code == 1009
+            (gone,) = await updates.next_batch()
+            assert gone.status == OFFLINE
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.bad_input["oversized"] == 1
+
+
+async def test_unparseable_rpc_frame_closes_that_connection_with_1002_only(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice, srv.client(BOB) as bob:
+        await bob.ws.send_message(b"\x0d\x00\x00\x00\x78garbage")  # message type 15
+        with pytest.raises(ConnectionEnded) as info:
+            with trio.fail_after(5):
+                await bob.heartbeat("main", 1, 1)
+        assert info.value.code == 1002
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.bad_input["protocol-error"] == 1
+
+
+async def test_a_handler_exception_is_contained(nursery, monkeypatch):
+    async with running(nursery) as srv, srv.client(ALICE) as alice, srv.client(BOB) as bob:
+        def boom(*args):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(srv.hub.engine, "heartbeat", boom)
+        with pytest.raises(RemoteError, match="internal error"):
+            await bob.heartbeat("main", 1, 1)
+        monkeypatch.undo()
+        assert (await bob.heartbeat("main", 1, 1)).WhichOneof("response") == "position"
+        assert (await alice.heartbeat("main", 1, 1)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.handler_errors == 1
+
+
+async def test_subscriber_that_stops_acking_is_disconnected_without_delaying_others(nursery):
+    engine = EngineConfig(heartbeat_rate=1000, heartbeat_burst=1000)
+    async with running(
+        nursery, friendships=((ALICE, BOB), (CAROL, BOB)), engine=engine,
+        ping_interval_s=0.1, stuck_timeout_s=0.3,
+    ) as srv, srv.client(ALICE) as alice, srv.client(CAROL) as carol:
+        async with alice.subscribe() as stuck, carol.subscribe() as healthy:
+            async with srv.client(BOB) as bob:
+                await stuck.next_batch()  # and then never asks for more
+                await healthy.next_batch()
+                for x in range(20):
+                    await bob.heartbeat("main", x, 0)
+                    (update,) = await healthy.next_batch()
+                    assert update.position.x == x
+                await wait_until(lambda: srv.hub.metrics.disconnects["slow-consumer"] == 1)
+                with pytest.raises(ConnectionEnded) as info:
+                    await stuck.next_batch()
+                assert info.value.code == 1008
+                await bob.heartbeat("main", 99, 0)
+                (update,) = await healthy.next_batch()
+                assert update.position.x == 99
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(nursery):
+    # A raw WebSocket client that completes the handshake and the login,
+    # then never reads again: the server's keepalive must give up on it.
+    async with running(nursery, ping_interval_s=0.1, ping_timeout_s=0.2) as srv:
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.hub.listen_port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+        with trio.fail_after(5):
+            while True:
+                ws.receive_data(await stream.receive_some(65536))
+                if any(isinstance(e, AcceptConnection) for e in ws.events()):
+                    break
+        await stream.send_all(ws.send(BytesMessage(login_frame(BOB, now_ms()).encode())))
+        await wait_until(lambda: srv.hub.engine.session_count == 1)
+        await wait_until(lambda: srv.hub.engine.session_count == 0)
+        assert srv.hub.metrics.disconnects["ping-timeout"] == 1
+        await stream.aclose()
+
+
+async def test_shutdown_closes_connections_with_1001(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        srv.shutdown.set()
+        with pytest.raises(ConnectionEnded) as info:
+            with trio.fail_after(5):
+                async with alice.subscribe() as updates:
+                    await updates.next_batch()
+                    await updates.next_batch()
+        assert info.value.code == 1001
