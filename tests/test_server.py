@@ -23,7 +23,6 @@ from presenced.rpc import wire_pb2
 from presenced.rpc.frames import (
     SERVER_READY_FRAME,
     encode_create_port,
-    encode_request,
     encode_request_module,
 )
 from presenced.server.app import serve
