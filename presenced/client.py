@@ -21,9 +21,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 from presenced.auth.identity import Identity, login_frame
 from presenced.rpc.client import RpcClientConnection
@@ -44,7 +52,11 @@ MODULE = "PresenceService"
 
 @asynccontextmanager
 async def open_websocket(
-    url: str, *, connect_timeout: float = 10.0, disconnect_timeout: float = 5.0
+    url: str,
+    *,
+    connect_timeout: float = 10.0,
+    disconnect_timeout: float = 5.0,
+    local_address: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """`trio_websocket.open_websocket_url` that always releases its socket.
 
@@ -52,7 +64,17 @@ async def open_websocket(
     client waits for the server's TCP close and then never closes its own
     socket (its `aclose()` returns early once a close reason is set). A load
     generator churning through connections would leak one descriptor each.
+
+    `local_address` binds the client socket to that source address (e.g.
+    127.0.0.2): one source address only has ~28k ephemeral ports, so a load
+    generator spreads its connections over several.
     """
+    if local_address is not None:
+        async with _open_bound_websocket(
+            url, local_address, connect_timeout, disconnect_timeout
+        ) as bound:
+            yield bound
+        return
     ws: WebSocketConnection | None = None
     try:
         async with open_websocket_url(
@@ -63,6 +85,62 @@ async def open_websocket(
         if ws is not None:
             with trio.CancelScope(shield=True):
                 await ws._stream.aclose()
+
+
+@asynccontextmanager
+async def _open_bound_websocket(
+    url: str, local_address: str, connect_timeout: float, disconnect_timeout: float
+) -> AsyncIterator[WebSocketConnection]:
+    # trio-websocket's own connect cannot bind the source address, so this
+    # opens the TCP stream itself and hands it to `wrap_client_stream`,
+    # keeping `open_websocket_url`'s contract: HandshakeError for any failure
+    # to connect, the body's own exception unwrapped from the nursery's
+    # group, and (the leak fix above) the socket closed in every case.
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise ValueError(f"a source address needs a ws:// URL, got {url!r}")
+    port = parts.port or 80
+    host_header = parts.hostname if port == 80 else f"{parts.hostname}:{port}"
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    stream: trio.SocketStream | None = None
+    ws: WebSocketConnection | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(connect_timeout):
+                    stream = await trio.open_tcp_stream(
+                        parts.hostname, port, local_address=local_address
+                    )
+                    ws = await wrap_client_stream(nursery, stream, host_header, resource)
+            except trio.TooSlowError:
+                raise ConnectionTimeout from None
+            except OSError as e:
+                raise HandshakeError from e
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(disconnect_timeout) as scope:
+                    scope.shield = True
+                    await ws.aclose()
+    except BaseExceptionGroup as group:
+        # One failure (the body's, or the reader's rejection of the
+        # handshake) is raised as itself, as trio-websocket does.
+        if len(group.exceptions) == 1:
+            exc = group.exceptions[0]
+            context = exc.__context__
+            try:
+                raise exc
+            finally:
+                # Keep the exception's own context, not the group it came in.
+                exc.__context__ = context
+                del exc, context
+        raise
+    finally:
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 class RemoteError(Exception):
@@ -168,11 +246,18 @@ class PresenceClient:
         timestamp_ms: int | None = None,
         port_name: str = "presenced-client",
         connect_timeout: float = 10.0,
+        local_address: str | None = None,
     ) -> AsyncIterator[PresenceClient]:
-        """Connect, log in and load the presence module."""
+        """Connect, log in and load the presence module.
+
+        `local_address` binds the socket to that source address (see
+        `open_websocket`).
+        """
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
-        async with open_websocket(url, connect_timeout=connect_timeout) as ws:
+        async with open_websocket(
+            url, connect_timeout=connect_timeout, local_address=local_address
+        ) as ws:
             client = cls(ws)
             await ws.send_message(login_frame(identity, timestamp_ms))
             async with trio.open_nursery() as nursery:

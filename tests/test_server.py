@@ -53,7 +53,7 @@ class Running:
 @asynccontextmanager
 async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), **overrides):
     engine = overrides.pop("engine", EngineConfig(offline_grace_ms=100))
-    config = replace(ServerConfig(port=0, engine=engine), **overrides)
+    config = replace(ServerConfig(port=0, admin_port=0, engine=engine), **overrides)
     store = MemoryStore()
     store.load_friendships((a.address, b.address) for a, b in friendships)
     shutdown = trio.Event()

@@ -18,7 +18,12 @@ from presenced import __version__
 
 app = typer.Typer(
     name="presenced",
-    help="Real-time presence daemon for Decentraland-style social services.",
+    help="Real-time presence daemon for Decentraland-style social services.\n\n"
+         "`presenced serve` runs the daemon. The other commands are operator tools that "
+         "talk to a running daemon through its admin endpoint (--admin-url, default "
+         "http://127.0.0.1:8086; token in PRESENCED_ADMIN_TOKEN): who-online inspects a "
+         "user, friends edits friendships, seed loads friendship graphs and marks synthetic "
+         "users online, simulate puts realistic load on daemons and measures it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -210,11 +215,28 @@ def serve(
     try:
         trio.run(main)
     except* ConfigError as group:
-        for e in group.exceptions:
+        # Raised inside nested nurseries, so the group may nest: report the leaves.
+        for e in _leaves(group):
             typer.echo(f"presenced: {e}", err=True)
         raise typer.Exit(2) from None
     except* KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
+# The operator tools: clients of the admin endpoint, one module per concern.
+from presenced.cli import friends, seed, simulate, who  # noqa: E402
+
+app.command("who-online")(who.who_online)
+app.add_typer(friends.app, name="friends")
+app.add_typer(seed.app, name="seed")
+app.command("simulate")(simulate.simulate)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import socket
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
-from presenced.server import closecodes
+from presenced.server import admin, closecodes
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
 from presenced.server.hub import Hub
@@ -74,6 +74,9 @@ async def serve(
     task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set, then close every connection with 1001."""
+    problem = admin.admin_config_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
     hub = Hub(config, store or build_store(config))
 
     async def handle(request: WebSocketRequest) -> None:
@@ -96,6 +99,18 @@ async def serve(
             listeners = await open_listeners(config.host, config.port, reuse_port)
         except OSError as e:
             raise ConfigError(f"cannot listen on {config.host}:{config.port}: {e}") from None
+        # The admin endpoint starts once the WebSocket port is bound (early
+        # clients wait in its backlog): when it answers, both are usable.
+        try:
+            admin_sock = await admin.bind_admin_socket(config.admin_host, config.admin_port)
+        except OSError as e:
+            raise ConfigError(f"cannot serve the admin endpoint on "
+                              f"{config.admin_host}:{config.admin_port}: {e}") from None
+        hub.admin_port = admin_sock.getsockname()[1]
+        # Stops taking requests on `shutdown`; the root nursery's cancel ends
+        # any stragglers.
+        await root.start(admin.serve_admin, hub, admin_sock, shutdown.wait)
+        log.info("admin endpoint on %s", admin.base_url(config.admin_host, hub.admin_port))
         with trio.CancelScope() as connections_scope:
             async with trio.open_nursery() as connections:
                 server = WebSocketServer(
@@ -122,6 +137,11 @@ async def serve(
                 log.info("shutting down: closing %d connections", len(hub.live))
                 listen_scope.cancel()
                 hub.kill_all(closecodes.GOING_AWAY, "server shutting down")
-                connections_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+                # Wait for the closing handshakes, then drop whatever is left
+                # (sockets still in the HTTP upgrade have nothing to close).
+                with trio.move_on_after(SHUTDOWN_GRACE_S):
+                    while hub.live:
+                        await trio.sleep(0.05)
+                connections_scope.cancel()
         root.cancel_scope.cancel()
     await hub.store.aclose()

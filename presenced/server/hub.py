@@ -55,6 +55,7 @@ class Hub:
         self.session_ids = itertools.count(1)
         self.ready = False
         self.listen_port = 0
+        self.admin_port = 0
         self._clock: TrioWallClock | None = None
 
     def now_ms(self) -> int:

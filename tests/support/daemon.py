@@ -43,6 +43,9 @@ class Daemon:
         self.admin_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="presenced-", suffix=".log", delete=False)
+        # Only the name is kept: an open handle would leak (a ResourceWarning,
+        # an error under pytest) for a Daemon stopped without __exit__.
+        self._log.close()
 
     @property
     def url(self) -> str:
@@ -58,9 +61,14 @@ class Daemon:
             sys.executable, "-m", "presenced", "serve",
             "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        with open(self._log.name, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+            # serve() opens the admin port after the WebSocket port is bound, so
+            # this waits for both. Probing the WebSocket port itself would leave
+            # a connection that never sends a handshake, and shutdown would wait
+            # for trio-websocket's connect timeout (10 s) to end it.
+            wait_for_port("127.0.0.1", self.admin_port, timeout, self.proc)
         except Exception as e:
             self.stop()
             raise RuntimeError(f"presenced serve did not start: {e}\n{self.log()}") from None

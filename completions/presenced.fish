@@ -1,0 +1,1 @@
+complete --command presenced --no-files --arguments "(env _PRESENCED_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) presenced)" --condition "env _PRESENCED_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) presenced"

@@ -1,0 +1,487 @@
+"""The admin and metrics HTTP endpoint: a Starlette app served by hypercorn.
+
+It runs in the daemon's own trio loop (hypercorn's trio worker), so its
+handlers call the hub directly, with no locks and no threads: every handler
+is `async def`, because Starlette would run a plain `def` in a worker thread,
+away from the engine's single thread.
+
+The API is described in docs/admin-api.md; the CLI (presenced/cli/) is its
+main client. Errors are always JSON `{"error": ...}` with a 4xx or 5xx
+status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from presenced import __version__
+from presenced.model import Position, Presence, normalize_address
+from presenced.server.config import ServerConfig
+from presenced.server.hub import Hub
+from presenced.server.prometheus import build_registry
+from presenced.store.base import StoreUnavailable
+from presenced.store.friends_file import parse_friendships
+
+log = logging.getLogger("presenced.admin")
+
+# Request bodies: imports may be large files (the CLI sends bigger ones in
+# chunks), everything else is small.
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+MAX_PRESENCE_BYTES = 8 * 1024 * 1024
+# Friendships handed to the store at once during an import: keeps each
+# Redis pipeline bounded and lets other tasks run between chunks.
+IMPORT_CHUNK = 10_000
+# Errors listed in a rejected import; the total is always reported.
+MAX_LISTED_ERRORS = 1000
+
+# Paths that answer without a token: liveness probes rarely carry one.
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+class ApiError(Exception):
+    """Ends a request with a JSON error: `{"error": message, **extra}`."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+# ------------------------------------------------------------------ config
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach ("localhost", 127/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve anywhere.
+        return False
+
+
+def admin_config_problem(config: ServerConfig) -> str | None:
+    """Why this configuration must not be served, or None."""
+    if not config.admin_token and not is_loopback(config.admin_host):
+        return (
+            f"refusing to serve the admin endpoint on {config.admin_host} without a token: "
+            "set PRESENCED_ADMIN_TOKEN, or bind it to loopback with --admin-host 127.0.0.1"
+        )
+    return None
+
+
+def base_url(host: str, port: int) -> str:
+    host = host.strip("[]")
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def bind_admin_socket(host: str, port: int) -> socket.socket:
+    """Bind (not listen) the admin socket; raises OSError.
+
+    Binding here rather than inside hypercorn turns "address in use" into a
+    plain error at start-up, and lets port 0 pick a free port we can report.
+    """
+    infos = await trio.socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_PASSIVE)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_admin(
+    hub: Hub,
+    sock: socket.socket,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin app on the bound `sock` until `shutdown_trigger` returns."""
+    config = HypercornConfig()
+    # hypercorn adopts an already-bound socket through an fd:// bind (the
+    # systemd socket-activation path); it then owns the descriptor.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    http_log = logging.getLogger("presenced.admin.http")
+    if http_log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
+        # hypercorn's start-up chatter ("CTRL + C to quit") is noise in a
+        # daemon's log; its errors still show.
+        http_log.setLevel(logging.WARNING)
+    config.errorlog = http_log
+    config.graceful_timeout = 2.0
+    config.include_server_header = False
+    await hypercorn_serve(create_app(hub), config, shutdown_trigger=shutdown_trigger,
+                          task_status=_Started(task_status))
+
+
+class _Started:
+    """Adapts hypercorn's `started(binds)` to a plain `started()`."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status = task_status
+
+    def started(self, value: object = None) -> None:
+        self._task_status.started()
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(hub: Hub) -> ASGIApp:
+    """The admin ASGI app for `hub`; requires `hub.config.admin_token` if set."""
+    api = _Api(hub)
+    routes = [
+        Route("/healthz", api.healthz),
+        Route("/readyz", api.readyz),
+        Route("/metrics", api.metrics),
+        Route("/v1/status", api.status),
+        Route("/v1/users/{address}/presence", api.user_presence),
+        Route("/v1/users/{address}/friends", api.user_friends),
+        Route("/v1/users/{address}/online-friends", api.user_online_friends),
+        Route("/v1/friendships/{a}/{b}", api.add_friendship, methods=["PUT"]),
+        Route("/v1/friendships/{a}/{b}", api.remove_friendship, methods=["DELETE"]),
+        Route("/v1/friendships/import", api.import_friendships, methods=["POST"]),
+        Route("/v1/presence", api.inject_presence, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    token = hub.config.admin_token
+    return BearerAuth(app, token) if token else app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Routing errors (404, 405) in the same JSON shape as everything else.
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <token>` on every path but OPEN_PATHS."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            if not self._authorized(scope):
+                response = JSONResponse(
+                    {"error": "missing or wrong bearer token"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="presenced"'},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    return hmac.compare_digest(credentials.strip(), self.token)
+        return False
+
+
+def _json(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def _endpoint(
+    handler: Callable[[_Api, Request], Awaitable[Response]],
+) -> Callable[[_Api, Request], Awaitable[Response]]:
+    """Turns every failure of a handler into a JSON error response."""
+
+    async def wrapper(self: _Api, request: Request) -> Response:
+        try:
+            return await handler(self, request)
+        except ApiError as e:
+            return _json({"error": e.message, **e.extra}, e.status)
+        except StoreUnavailable as e:
+            return _json({"error": f"store unavailable: {e}" if str(e) else
+                          "store unavailable"}, 503)
+        except Exception:
+            log.exception("admin request %s %s failed", request.method, request.url.path)
+            return _json({"error": "internal error (see the daemon's log)"}, 500)
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+class _Api:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.registry = build_registry(hub)
+
+    # ------------------------------------------------------------- probes
+
+    @_endpoint
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    @_endpoint
+    async def readyz(self, request: Request) -> Response:
+        reasons = self._not_ready()
+        body = {"ready": not reasons, "store": type(self.hub.store).__name__, "reasons": reasons}
+        if reasons:
+            return _json({"error": "not ready: " + "; ".join(reasons), **body}, 503)
+        return _json(body)
+
+    def _not_ready(self) -> list[str]:
+        reasons = []
+        if not self.hub.ready:
+            reasons.append("starting")
+        if not getattr(self.hub.store, "healthy", True):
+            reasons.append("store unavailable")
+        return reasons
+
+    @_endpoint
+    async def metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(self.registry), headers={"Content-Type": content_type})
+
+    @_endpoint
+    async def status(self, request: Request) -> Response:
+        hub = self.hub
+        engine = hub.config.engine
+        return _json({
+            "version": __version__,
+            "instance": hub.store.instance_id,
+            "store": type(hub.store).__name__,
+            "ready": not self._not_ready(),
+            "now_ms": hub.now_ms(),
+            "connections": len(hub.live),
+            "sessions": len(hub.connections),
+            "online_users": hub.engine.online_count,
+            "engine": {
+                "ttl_ms": engine.ttl_ms,
+                "offline_grace_ms": engine.offline_grace_ms,
+                "heartbeat_rate": engine.heartbeat_rate,
+                "heartbeat_burst": engine.heartbeat_burst,
+                "realm_max_bytes": engine.realm_max_bytes,
+                "bounds": {"min_x": engine.min_x, "min_y": engine.min_y,
+                           "max_x": engine.max_x, "max_y": engine.max_y},
+            },
+        })
+
+    # -------------------------------------------------------------- users
+
+    @_endpoint
+    async def user_presence(self, request: Request) -> Response:
+        address = _address(request.path_params["address"])
+        presence = self.hub.presence_of(address)
+        body = _presence_json(presence) if presence is not None else {
+            "address": address, "online": False}
+        return _json({**body, "now_ms": self.hub.now_ms()})
+
+    @_endpoint
+    async def user_friends(self, request: Request) -> Response:
+        address = _address(request.path_params["address"])
+        friends = sorted(await self.hub.store.friends_of(address))
+        return _json({"address": address, "friends": friends, "count": len(friends)})
+
+    @_endpoint
+    async def user_online_friends(self, request: Request) -> Response:
+        address = _address(request.path_params["address"])
+        friends = await self.hub.store.friends_of(address)
+        online = self.hub.engine.presences(friends)
+        return _json({
+            "address": address,
+            "friends_count": len(friends),
+            "online_count": len(online),
+            "online_friends": [_presence_json(p) for p in online],
+            "now_ms": self.hub.now_ms(),
+        })
+
+    # -------------------------------------------------------- friendships
+
+    @_endpoint
+    async def add_friendship(self, request: Request) -> Response:
+        a, b = self._pair(request)
+        added = await self.hub.add_friendships([(a, b)])
+        return _json({"a": a, "b": b, "added": bool(added)}, 201 if added else 200)
+
+    @_endpoint
+    async def remove_friendship(self, request: Request) -> Response:
+        a, b = self._pair(request)
+        removed = await self.hub.remove_friendships([(a, b)])
+        return _json({"a": a, "b": b, "removed": bool(removed)})
+
+    def _pair(self, request: Request) -> tuple[str, str]:
+        a = _address(request.path_params["a"])
+        b = _address(request.path_params["b"])
+        if a == b:
+            raise ApiError(400, "a user cannot be their own friend")
+        return (a, b) if a < b else (b, a)
+
+    @_endpoint
+    async def import_friendships(self, request: Request) -> Response:
+        first_line = _int_param(request, "first_line", 1, minimum=1)
+        text = _utf8(await _read_body(request, MAX_IMPORT_BYTES))
+        # Universal newlines, as when the daemon reads --friends, so line
+        # numbers agree with any editor's.
+        lines = io.StringIO(text, newline=None).readlines()
+        pairs, errors = parse_friendships(lines)
+        if errors:
+            listed = [{"line": e.line + first_line - 1, "message": e.message}
+                      for e in errors[:MAX_LISTED_ERRORS]]
+            raise ApiError(
+                400, f"{len(errors)} malformed line{'s' if len(errors) != 1 else ''}; "
+                     "nothing was imported",
+                errors=listed, error_count=len(errors),
+            )
+        unique = list(dict.fromkeys(pairs))
+        added = 0
+        for start in range(0, len(unique), IMPORT_CHUNK):
+            try:
+                added += len(await self.hub.add_friendships(unique[start:start + IMPORT_CHUNK]))
+            except StoreUnavailable as e:
+                raise ApiError(503, f"store unavailable after {start} of {len(unique)} "
+                                    f"friendships: {e}", added=added) from None
+            await trio.lowlevel.checkpoint()
+        return _json({
+            "lines": len(lines),
+            "friendships": len(unique),
+            "duplicates": len(pairs) - len(unique),
+            "added": added,
+            "existing": len(unique) - added,
+        })
+
+    # ----------------------------------------------------------- presence
+
+    @_endpoint
+    async def inject_presence(self, request: Request) -> Response:
+        body = _parse_json(await _read_body(request, MAX_PRESENCE_BYTES))
+        users = body.get("users") if isinstance(body, dict) else body
+        if not isinstance(users, list):
+            raise ApiError(400, 'expected a JSON list of {"address", "realm", "x", "y"} '
+                                'objects, or {"users": [...]}')
+        engine = self.hub.engine
+        valid: list[tuple[str, Position]] = []
+        errors = []
+        for index, item in enumerate(users):
+            try:
+                address, position = _synthetic_user(item)
+            except ValueError as e:
+                errors.append({"index": index, "message": str(e)})
+                continue
+            problem = engine.validate_position(position)
+            if problem is not None:
+                errors.append({"index": index, "message": problem})
+                continue
+            valid.append((address, position))
+        if errors:
+            raise ApiError(400, f"{len(errors)} invalid user{'s' if len(errors) != 1 else ''}; "
+                                "nobody was marked online",
+                           errors=errors[:MAX_LISTED_ERRORS], error_count=len(errors))
+        for address, position in valid:
+            self.hub.inject_presence(address, position)
+        return _json({"injected": len(valid), "now_ms": self.hub.now_ms()})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _address(text: str) -> str:
+    try:
+        return normalize_address(text)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def _presence_json(presence: Presence) -> dict[str, Any]:
+    position = presence.position
+    return {
+        "address": presence.address,
+        "online": presence.online,
+        "realm": position.realm if position is not None else None,
+        "x": position.x if position is not None else None,
+        "y": position.y if position is not None else None,
+        "last_seen_ms": presence.last_seen_ms,
+    }
+
+
+def _synthetic_user(item: object) -> tuple[str, Position]:
+    if not isinstance(item, dict):
+        raise ValueError('expected an object {"address", "realm", "x", "y"}')
+    missing = [k for k in ("address", "realm", "x", "y") if k not in item]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    address, realm, x, y = item["address"], item["realm"], item["x"], item["y"]
+    if not isinstance(address, str):
+        raise ValueError("address must be a string")
+    if not isinstance(realm, str):
+        raise ValueError("realm must be a string")
+    # bool is an int in Python, but not a coordinate.
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (x, y)):
+        raise ValueError("x and y must be integers")
+    return normalize_address(address), Position(realm, x, y)
+
+
+def _int_param(request: Request, name: str, default: int, *, minimum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if value < minimum:
+        raise ApiError(400, f"{name} must be at least {minimum}")
+    return value
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body larger than {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _utf8(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"body is not UTF-8 (byte {e.start})") from None
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(_utf8(body))
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None

@@ -1,0 +1,195 @@
+"""Prometheus view of the hub's plain counters, built at scrape time.
+
+The server counts with plain ints on its hot paths (see metrics.py); this
+collector reads them only when `/metrics` is scraped, so a scrape costs a
+few dict walks and delivering an update costs no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from presenced import __version__
+
+if TYPE_CHECKING:
+    from presenced.server.hub import Hub
+
+# Attributes a store may expose (RedisStore does, see its docstring), read
+# with getattr so that a store without them simply has no such metrics.
+# Counters may be an int or a mapping of label -> int; latencies a
+# metrics.Histogram (seconds).
+# (attribute, metric, help, label for a mapping)
+STORE_COUNTERS = (
+    ("redis_errors", "presenced_redis_errors", "Redis calls that failed, by kind.", "kind"),
+    ("outages", "presenced_redis_outages", "Times the store went from healthy to unhealthy.",
+     ""),
+    ("flushes", "presenced_redis_flushes", "Batches of presence changes written to Redis.", ""),
+    ("writes_flushed", "presenced_redis_writes_flushed",
+     "Presence changes written to Redis (in batches).", ""),
+    ("messages_received", "presenced_redis_messages_received",
+     "Change messages received from other instances.", ""),
+    ("events_received", "presenced_redis_events_received",
+     "Changes received from other instances.", ""),
+    ("resync_reasons", "presenced_redis_resyncs",
+     "Full resynchronisations with Redis, by reason.", "reason"),
+    ("audits", "presenced_redis_audits", "Periodic change-feed audits that came back clean.",
+     ""),
+)
+STORE_GAUGES = (
+    ("pending_writes", "presenced_redis_pending_writes",
+     "Presence changes waiting for the next flush (grows while Redis is away)."),
+    ("last_resync_seconds", "presenced_redis_last_resync_seconds",
+     "Duration of the last full resynchronisation."),
+)
+STORE_HISTOGRAMS = (
+    ("flush_latency", "presenced_redis_flush_latency_seconds",
+     "Time to write one batch of presence changes to Redis."),
+)
+
+# Causes under which a connection counts as a slow client.
+SLOW_CLIENT_CAUSES = ("slow-consumer",)
+
+
+class HubCollector:
+    """A prometheus-client collector over one hub's counters."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def describe(self) -> list[Metric]:
+        # Returning nothing keeps registration from calling collect() early,
+        # before the hub runs.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        m = hub.metrics
+        stats = hub.engine.stats
+        store = hub.store
+
+        info = GaugeMetricFamily("presenced_build_info", "Version of this daemon.",
+                                 labels=["version", "store"])
+        info.add_metric([__version__, type(store).__name__], 1)
+        yield info
+        yield _gauge("presenced_ready", "1 when the hub is ready and the store healthy.",
+                     int(hub.ready and _store_healthy(store)))
+        yield _gauge("presenced_store_healthy", "1 while the store can be reached.",
+                     int(_store_healthy(store)))
+
+        yield _gauge("presenced_connections", "WebSocket connections open now.", len(hub.live))
+        yield _gauge("presenced_sessions", "Logged-in connections open now.",
+                     len(hub.connections))
+        yield _counter("presenced_connections_opened", "WebSocket connections accepted.",
+                       m.connections_opened)
+        logins = CounterMetricFamily("presenced_logins", "Login attempts by result and reason.",
+                                     labels=["result", "reason"])
+        for (result, reason), n in sorted(m.logins.items()):
+            logins.add_metric([result, reason], n)
+        yield logins
+        yield _labelled_counter("presenced_disconnects", "Connections ended, by cause.",
+                                "cause", m.disconnects)
+        yield _counter("presenced_slow_clients_disconnected",
+                       "Connections closed because the client could not keep up.",
+                       sum(m.disconnects.get(c, 0) for c in SLOW_CLIENT_CAUSES))
+        yield _labelled_counter("presenced_bad_input", "Inbound input refused, by kind.",
+                                "kind", m.bad_input)
+        yield _labelled_counter("presenced_requests", "RPC calls, by procedure.",
+                                "procedure", m.requests)
+        yield _counter("presenced_handler_errors",
+                       "Unexpected errors caught in connection handlers.", m.handler_errors)
+
+        heartbeats = CounterMetricFamily("presenced_heartbeats",
+                                         "Position heartbeats by result and reason.",
+                                         labels=["result", "reason"])
+        heartbeats.add_metric(["accepted", ""], stats.heartbeats_accepted)
+        heartbeats.add_metric(["rejected", "rate-limited"], stats.heartbeats_rejected_rate)
+        heartbeats.add_metric(["rejected", "invalid"], stats.heartbeats_rejected_invalid)
+        yield heartbeats
+
+        yield _gauge("presenced_online_users", "Users online (here or on another instance).",
+                     hub.engine.online_count)
+        transitions = CounterMetricFamily("presenced_presence_changes",
+                                          "Users going online or offline.", labels=["to"])
+        transitions.add_metric(["online"], stats.went_online)
+        transitions.add_metric(["offline"], stats.went_offline)
+        yield transitions
+        yield _counter("presenced_expiries",
+                       "Users that went offline because their TTL ran out.", stats.expired)
+        yield _counter("presenced_updates_enqueued",
+                       "Presence updates queued for subscribers.", stats.updates_enqueued)
+        yield _counter("presenced_updates_coalesced",
+                       "Queued updates replaced by a newer one for the same friend before "
+                       "being sent.", stats.updates_coalesced)
+        yield _counter("presenced_updates_delivered", "Presence updates sent to subscribers.",
+                       m.updates_delivered)
+        yield _counter("presenced_updates_dropped",
+                       "Updates still queued when their subscriber's connection ended.",
+                       m.updates_dropped)
+        yield _counter("presenced_stream_items_sent",
+                       "Subscription stream messages sent (each carries a batch of updates).",
+                       m.stream_items_sent)
+        yield _histogram("presenced_notify_latency_seconds",
+                         "Time from a user's change to its delivery to a friend.",
+                         m.notify_latency)
+
+        for attr, name, doc, label in STORE_COUNTERS:
+            value = getattr(store, attr, None)
+            if isinstance(value, Mapping):
+                yield _labelled_counter(name, doc, label or "kind", value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                yield _counter(name, doc, value)
+        for attr, name, doc in STORE_GAUGES:
+            value = getattr(store, attr, None)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                yield _gauge(name, doc, value)
+        for attr, name, doc in STORE_HISTOGRAMS:
+            value = getattr(store, attr, None)
+            if value is not None and hasattr(value, "cumulative"):
+                yield _histogram(name, doc, value)
+
+
+def build_registry(hub: Hub) -> CollectorRegistry:
+    """A registry of its own per hub (not the global one), so that several
+    in-process servers, as in tests, never collide."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def _store_healthy(store: Any) -> bool:
+    return bool(getattr(store, "healthy", True))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _labelled_counter(
+    name: str, doc: str, label: str, values: Mapping[str, float]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        family.add_metric([str(key)], n)
+    return family
+
+
+def _histogram(name: str, doc: str, histogram: Any) -> HistogramMetricFamily:
+    buckets = [(floatToGoString(bound), count) for bound, count in histogram.cumulative()]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=histogram.total)

@@ -1,0 +1,373 @@
+"""The parent process: starts the workers, walks them through the phases, merges.
+
+    start workers ─ they derive identities ─┐   parent builds the graph meanwhile
+    seed the graph (admin API) ─────────────┘
+    go ─ ramp (logins at --ramp/s) ─ load (--duration s) ─ stop ─ settle ─ report ─ exit
+
+The parent never touches a socket of the daemon's WebSocket port: it only
+reads pipes, matches cross-process receipts and draws the display. Its loop
+is a plain `multiprocessing.connection.wait`, with no event loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from presenced.simulate.measure import SENDER_SHIFT, Matcher, SendLog
+from presenced.simulate.plan import Population, SimConfig
+from presenced.simulate.report import (
+    Convergence,
+    Totals,
+    build_summary,
+    check_convergence,
+)
+from presenced.simulate.ui import LiveView, Progress
+from presenced.simulate.worker import CLOSE_TIMEOUT_S, WorkerSpec, worker_main
+from presenced.socialgraph import SocialGraph
+
+# Seeds the graph: (graph, addresses) -> what the import reported.
+Seeder = Callable[[SocialGraph, list[str]], dict[str, Any]]
+
+_UI_INTERVAL_S = 0.25
+
+
+class SimulationError(Exception):
+    """The run could not be carried out (a worker died, a phase never ended)."""
+
+
+class _Handle:
+    def __init__(self, wid: int, process: multiprocessing.process.BaseProcess,
+                 to_worker: Connection, from_worker: Connection) -> None:
+        self.id = wid
+        self.process = process
+        self.to_worker = to_worker
+        self.from_worker = from_worker
+        self.stats: dict[str, Any] | None = None
+        self.flushed_until = 0.0
+        self.addresses: list[tuple[int, str]] | None = None
+        self.ramped = False
+        self.stopped = False
+        self.final: dict[str, array] | None = None
+        self.bye = False
+        self.gone = False
+        self.cpu_at_load = 0.0
+        self.cpu_at_stop = 0.0
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.to_worker.send(message)
+        except (BrokenPipeError, OSError):
+            self.gone = True
+
+
+class Coordinator:
+    def __init__(self, config: SimConfig, ui: LiveView, seeder: Seeder | None) -> None:
+        self.config = config
+        self.ui = ui
+        self.seeder = seeder
+        self.population = Population.choose(config)
+        self.processes = config.processes
+        self.handles: list[_Handle] = []
+        self.totals = Totals()
+        self.log = SendLog(config.retention_s)
+        self.matcher = Matcher(self.log)
+        # Parent-side matches land in the same histograms as the workers' deltas.
+        self.matcher.histograms = self.totals.histograms
+        self.pending: list[tuple[int, float, float]] = []
+        self.owner = array("h", [-1]) * config.users
+        self.phase = "starting"
+        self.started = time.monotonic()
+        self.peak_connections = 0
+        self._rates: deque[tuple[float, int, int]] = deque()
+        self._next_ui = 0.0
+        self._next_prune = 0.0
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            self._shutdown()
+
+    def _run(self) -> dict[str, Any]:
+        config = self.config
+        shares = self.population.shares(self.processes)
+        subscribers = self.population.subscribers
+        order = {index: k for k, index in enumerate(self.population.online)}
+        context = multiprocessing.get_context("spawn")
+        self.phase = "deriving identities"
+        for wid, (online, offline) in enumerate(shares):
+            for index in online:
+                self.owner[index] = wid
+            spec = WorkerSpec(
+                wid, config,
+                tuple((index, order[index], index in subscribers) for index in online),
+                tuple(offline),
+            )
+            from_worker, worker_end = context.Pipe(duplex=False)
+            worker_in, to_worker = context.Pipe(duplex=False)
+            process = context.Process(target=worker_main, args=(spec, worker_end, worker_in),
+                                      name=f"presenced-simulate-{wid}", daemon=True)
+            process.start()
+            worker_end.close()
+            worker_in.close()
+            self.handles.append(_Handle(wid, process, to_worker, from_worker))
+
+        # The graph is needed for seeding and for the final check; build it
+        # while the workers sign.
+        graph = SocialGraph.generate(config.users, config.avg_friends, config.seed)
+        self._pump(lambda: all(h.addresses is not None for h in self.handles), None,
+                   "the workers to derive identities")
+        addresses = [""] * config.users
+        for h in self.handles:
+            for index, address in h.addresses or ():
+                addresses[index] = address
+
+        seeded = None
+        if self.seeder is not None:
+            self.phase = "seeding"
+            self.ui.note(f"seeding {len(graph.edges):,} friendships among "
+                         f"{config.users:,} users")
+            seeded = self.seeder(graph, addresses)
+
+        self.phase = "ramp"
+        t_go = time.monotonic()
+        for h in self.handles:
+            h.send(("go", addresses))
+        ramp_limit = len(self.population.online) / config.ramp + config.connect_timeout_s + 60
+        self._pump(lambda: all(h.ramped for h in self.handles), t_go + ramp_limit,
+                   "the initial logins")
+
+        self.phase = "load"
+        t_load = time.monotonic()
+        self.matcher.measure_from = t_load
+        at_load = self._sum_counters()
+        for h in self.handles:
+            h.cpu_at_load = (h.stats or {}).get("cpu_s", 0.0)
+            h.send(("load", t_load))
+        self._pump(lambda: False, t_load + config.duration_s, "")
+
+        self.phase = "stopping"
+        t_stop = time.monotonic()
+        at_stop = self._sum_counters()
+        for h in self.handles:
+            h.cpu_at_stop = (h.stats or {}).get("cpu_s", 0.0)
+            h.send(("stop",))
+        self._pump(lambda: all(h.stopped for h in self.handles),
+                   t_stop + config.connect_timeout_s + 30, "the virtual users to stop")
+
+        self.phase = "settling"
+        t_settle = time.monotonic()
+        self._pump(lambda: False, t_settle + config.settle_s, "")
+        t_report = time.monotonic()
+        for h in self.handles:
+            h.send(("report",))
+        self._pump(lambda: all(h.final is not None for h in self.handles), t_report + 60,
+                   "the final reports")
+        # Every send has now reached the parent: what is still pending never will.
+        self.totals.unmatched += len(self.pending)
+        self.pending.clear()
+
+        self.phase = "closing"
+        for h in self.handles:
+            h.send(("exit",))
+        self._pump(lambda: all(h.bye or h.gone for h in self.handles),
+                   time.monotonic() + CLOSE_TIMEOUT_S + 10, "the workers to close")
+        t_end = time.monotonic()
+        self._merge_worker_matches()
+
+        convergence: Convergence = check_convergence(
+            graph.adjacency(), [h.final for h in self.handles if h.final is not None],
+            addresses, config.realms)
+        workers = []
+        load_s = max(1e-9, t_stop - t_load)
+        for h in self.handles:
+            stats = h.stats or {}
+            workers.append({
+                "id": h.id,
+                "users": stats.get("users", 0),
+                "cpu_s": round(stats.get("cpu_s", 0.0), 2),
+                "cpu_percent": round(100.0 * (h.cpu_at_stop - h.cpu_at_load) / load_s, 1),
+                "rss_mib": round(stats.get("rss_kib", 0) / 1024.0, 1),
+            })
+        return build_summary(
+            config=config,
+            online_users=len(self.population.online),
+            subscribers=len(self.population.subscribers),
+            friendships=len(graph.edges),
+            totals=self.totals,
+            load_counters=(at_load, at_stop),
+            phases={"ramp": t_load - t_go, "load": t_stop - t_load,
+                    "settle": t_report - t_settle, "total": t_end - self.started},
+            peak_connections=self.peak_connections,
+            convergence=convergence,
+            workers=workers,
+            seeded=seeded,
+        )
+
+    def _shutdown(self) -> None:
+        for h in self.handles:
+            if not h.bye:
+                h.send(("exit",))
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S + 5
+        for h in self.handles:
+            h.process.join(max(0.1, deadline - time.monotonic()))
+            if h.process.is_alive():
+                h.process.terminate()
+                h.process.join(5)
+            h.to_worker.close()
+            h.from_worker.close()
+
+    # ------------------------------------------------------------ the loop
+
+    def _pump(self, done: Callable[[], bool], deadline: float | None, what: str) -> None:
+        """Handle worker messages until `done()` or `deadline` (then fail, if `what`)."""
+        while not done():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                if what:
+                    raise SimulationError(f"gave up waiting for {what}")
+                return
+            timeout = _UI_INTERVAL_S if deadline is None else min(_UI_INTERVAL_S,
+                                                                   deadline - now)
+            live = {h.from_worker: h for h in self.handles if not h.gone}
+            if not live:
+                raise SimulationError("every worker process has exited")
+            for conn in wait(list(live), timeout=max(0.0, timeout)):
+                handle = live[conn]  # type: ignore[index]
+                try:
+                    message = handle.from_worker.recv()
+                except (EOFError, OSError):
+                    handle.gone = True
+                    if not handle.bye:
+                        code = handle.process.exitcode
+                        raise SimulationError(
+                            f"worker {handle.id} exited unexpectedly (status {code})") from None
+                    continue
+                self._handle(handle, message)
+            self._tick()
+
+    def _handle(self, h: _Handle, message: tuple[Any, ...]) -> None:
+        what = message[0]
+        if what == "stats":
+            self._on_stats(h, message[2])
+        elif what == "ready":
+            h.addresses = message[2]
+        elif what == "ramped":
+            h.ramped = True
+        elif what == "stopped":
+            h.stopped = True
+        elif what == "final":
+            h.final = message[2]
+        elif what == "bye":
+            h.bye = True
+        elif what == "fatal":
+            raise SimulationError(f"worker {h.id} failed:\n{message[2]}")
+
+    def _on_stats(self, h: _Handle, stats: dict[str, Any]) -> None:
+        h.stats = stats
+        for mine, delta in zip(self.totals.histograms, stats["histograms"], strict=True):
+            mine.merge(delta)
+        keys, times = stats["sends"]
+        if keys:
+            self.log.record_many(keys, times)
+        h.flushed_until = stats["t"]
+        match = self.matcher.match
+        pending = self.pending
+        for key, arrival, since in zip(*stats["receipts"], strict=True):
+            if not match(key, arrival, since):
+                pending.append((key, arrival, since))
+        if pending:
+            self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        match = self.matcher.match
+        owner = self.owner
+        handles = self.handles
+        still = []
+        for key, arrival, since in self.pending:
+            if match(key, arrival, since):
+                continue
+            wid = owner[key >> SENDER_SHIFT]
+            # The sender's worker has reported past the arrival, so the send
+            # (always earlier) would be here: it never will be.
+            if wid < 0 or handles[wid].flushed_until >= arrival:
+                self.matcher.unmatched += 1
+            else:
+                still.append((key, arrival, since))
+        self.pending = still
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self.log.prune(now)
+            self._next_prune = now + 5.0
+        counters = self._sum_counters()
+        self.peak_connections = max(self.peak_connections, counters["connected"])
+        if now < self._next_ui:
+            return
+        self._next_ui = now + _UI_INTERVAL_S
+        rates = self._rates
+        rates.append((now, counters["heartbeats"], counters["updates"]))
+        while len(rates) > 2 and now - rates[0][0] > 2.0:
+            rates.popleft()
+        t0, hb0, up0 = rates[0]
+        span = now - t0
+        notify = self.totals.histograms[0]
+        self.ui.update(Progress(
+            phase=self.phase,
+            elapsed_s=now - self.started,
+            connected=counters["connected"],
+            online_users=len(self.population.online),
+            subscribed=counters["subscribed"],
+            logins=counters["logins"],
+            login_errors=counters["login_errors"],
+            heartbeats_per_s=(counters["heartbeats"] - hb0) / span if span > 0 else 0.0,
+            updates_per_s=(counters["updates"] - up0) / span if span > 0 else 0.0,
+            p50_ms=notify.percentile(50),
+            p99_ms=notify.percentile(99),
+            samples=notify.count,
+            errors=sum(self._sum_errors().values()),
+        ))
+
+    # ------------------------------------------------------------- merging
+
+    def _sum_counters(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for h in self.handles:
+            if h.stats is not None:
+                total.update(h.stats["counters"])
+        return total
+
+    def _sum_errors(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for h in self.handles:
+            if h.stats is not None:
+                total.update(h.stats["errors"])
+        return total
+
+    def _merge_worker_matches(self) -> None:
+        totals = self.totals
+        totals.counters = self._sum_counters()
+        totals.errors = self._sum_errors()
+        matched = list(self.matcher.matched)
+        excluded = self.matcher.excluded
+        unmatched = self.matcher.unmatched + totals.unmatched
+        for h in self.handles:
+            stats = h.stats or {}
+            for kind, n in enumerate(stats.get("matched", (0, 0, 0))):
+                matched[kind] += n
+            excluded += stats.get("excluded", 0)
+            unmatched += stats.get("unmatched", 0)
+            for kind, samples in stats.get("samples", {}).items():
+                totals.samples.setdefault(kind, []).extend(samples)
+        totals.matched = matched
+        totals.excluded = excluded
+        totals.unmatched = unmatched

@@ -1,0 +1,201 @@
+"""Merging what the workers report, the convergence check, and the summary.
+
+The summary is one flat-ish dict: `--json` prints it as is, and the table
+shown to people is drawn from the same dict, so both always agree.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.table import Table
+
+from presenced.simulate.measure import KINDS, OFFLINE, Histogram, describe
+from presenced.simulate.plan import SimConfig
+
+# Undelivered updates described in the summary (all are counted).
+EXAMPLES = 10
+
+
+@dataclass
+class Totals:
+    """The sum of every worker's latest report, and everything merged so far."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    histograms: tuple[Histogram, ...] = field(
+        default_factory=lambda: tuple(Histogram() for _ in KINDS))
+    matched: list[int] = field(default_factory=lambda: [0, 0, 0])
+    excluded: int = 0
+    unmatched: int = 0
+
+
+@dataclass
+class Convergence:
+    receivers: int = 0
+    friendships: int = 0
+    undelivered: int = 0
+    not_friends: int = 0
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+def check_convergence(
+    adjacency: Sequence[Sequence[int]],
+    finals: Sequence[dict[str, array]],
+    addresses: Sequence[str],
+    realms: Sequence[str],
+) -> Convergence:
+    """Compare every subscribed user's view of each friend with that friend's final state.
+
+    A friend who never connected, or whose last connection ended, must be
+    absent from the view (offline); a connected friend must be there with
+    the position of their last accepted heartbeat.
+    """
+    state: dict[int, int] = {}
+    for final in finals:
+        state.update(zip(final["indices"], final["keys"], strict=True))
+    result = Convergence()
+    for final in finals:
+        offset = 0
+        friends, seen = final["friends"], final["seen"]
+        for receiver, count in zip(final["receivers"], final["counts"], strict=True):
+            view = dict(zip(friends[offset:offset + count], seen[offset:offset + count],
+                            strict=True))
+            offset += count
+            result.receivers += 1
+            mine = adjacency[receiver]
+            result.friendships += len(mine)
+            for friend in mine:
+                expected = state.get(friend, OFFLINE)
+                got = view.pop(friend, OFFLINE)
+                if got != expected:
+                    result.undelivered += 1
+                    if len(result.examples) < EXAMPLES:
+                        result.examples.append({
+                            "receiver": addresses[receiver],
+                            "friend": addresses[friend],
+                            "expected": describe(expected, realms),
+                            "seen": describe(got, realms),
+                        })
+            # Whatever is left was announced by someone who is not a friend.
+            result.not_friends += len(view)
+    return result
+
+
+def build_summary(
+    *,
+    config: SimConfig,
+    online_users: int,
+    subscribers: int,
+    friendships: int,
+    totals: Totals,
+    load_counters: tuple[Counter[str], Counter[str]],
+    phases: dict[str, float],
+    peak_connections: int,
+    convergence: Convergence,
+    workers: list[dict[str, Any]],
+    seeded: dict[str, Any] | None,
+) -> dict[str, Any]:
+    at_load, at_stop = load_counters
+    duration = max(1e-9, phases["load"])
+    c = totals.counters
+    errors = Counter(totals.errors)
+    if convergence.not_friends:
+        errors["not-a-friend"] += convergence.not_friends
+    error_count = sum(errors.values())
+    summary: dict[str, Any] = {
+        "ok": error_count == 0 and convergence.undelivered == 0,
+        "users": config.users,
+        "online_users": online_users,
+        "subscribers": subscribers,
+        "friendships": friendships,
+        "processes": config.processes,
+        "targets": list(config.targets),
+        "connections": peak_connections,
+        "connections_at_stop": at_stop["connected"],
+        "logins": c["logins"],
+        "login_attempts": c["login_attempts"],
+        "login_errors": c["login_errors"],
+        "churn_disconnects": c["churn_disconnects"],
+        "heartbeats": c["heartbeats"],
+        "heartbeats_per_s": round((at_stop["heartbeats"] - at_load["heartbeats"]) / duration, 2),
+        "updates": c["updates"],
+        "updates_per_s": round((at_stop["updates"] - at_load["updates"]) / duration, 2),
+        "notify_latency_ms": totals.histograms[0].summary(),
+        "online_latency_ms": totals.histograms[1].summary(),
+        "offline_latency_ms": totals.histograms[2].summary(),
+        "live_updates": {
+            "position": totals.matched[0],
+            "online": totals.matched[1],
+            "offline": totals.matched[2],
+        },
+        "snapshot_updates": totals.excluded,
+        "unmatched_updates": totals.unmatched,
+        "foreign_updates": c["foreign_updates"],
+        "errors": error_count,
+        "error_breakdown": dict(sorted(errors.items())),
+        "error_samples": {k: v for k, v in sorted(totals.samples.items()) if k in errors},
+        "undelivered": convergence.undelivered,
+        "undelivered_examples": convergence.examples,
+        "checked_subscribers": convergence.receivers,
+        "checked_friendships": convergence.friendships,
+        "duration_s": round(phases["load"], 3),
+        "ramp_s": round(phases["ramp"], 3),
+        "settle_s": round(phases["settle"], 3),
+        "total_s": round(phases["total"], 3),
+        "speed": config.speed,
+        "heartbeat_interval_s": config.heartbeat_interval_s,
+        "seed": config.seed,
+        "workers": workers,
+        "seeded": seeded,
+    }
+    return summary
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _latency_row(summary: dict[str, Any]) -> str:
+    if not summary["count"]:
+        return "no samples"
+    return (f"p50 {_ms(summary['p50'])}  p95 {_ms(summary['p95'])}  "
+            f"p99 {_ms(summary['p99'])}  max {_ms(summary['max'])}  (n={summary['count']:,})")
+
+
+def summary_table(s: dict[str, Any]) -> Table:
+    table = Table(title="presenced simulate", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("result", "OK" if s["ok"] else "FAILED")
+    table.add_row("users", f"{s['users']:,} in the graph ({s['friendships']:,} friendships), "
+                           f"{s['online_users']:,} online, {s['subscribers']:,} subscribed")
+    table.add_row("processes", f"{s['processes']} → {', '.join(s['targets'])}")
+    table.add_row("connections", f"{s['connections']:,} peak, {s['connections_at_stop']:,} at "
+                                 f"stop; {s['logins']:,} logins, {s['login_errors']:,} failed, "
+                                 f"{s['churn_disconnects']:,} churn disconnects")
+    table.add_row("duration", f"{s['duration_s']:.1f} s load (after {s['ramp_s']:.1f} s ramp, "
+                              f"then {s['settle_s']:.1f} s settle), speed ×{s['speed']:g}")
+    table.add_row("heartbeats", f"{s['heartbeats_per_s']:,.1f}/s ({s['heartbeats']:,} in all)")
+    table.add_row("updates", f"{s['updates_per_s']:,.1f}/s ({s['updates']:,} in all)")
+    table.add_row("notify latency", _latency_row(s["notify_latency_ms"]))
+    table.add_row("online latency", _latency_row(s["online_latency_ms"]))
+    table.add_row("offline latency", _latency_row(s["offline_latency_ms"]) + " incl. grace")
+    live = s["live_updates"]
+    table.add_row("live updates", f"{live['position']:,} moves, {live['online']:,} online, "
+                                  f"{live['offline']:,} offline; {s['snapshot_updates']:,} "
+                                  f"snapshot/ramp, {s['unmatched_updates']:,} unmatched")
+    breakdown = ", ".join(f"{k} {v}" for k, v in s["error_breakdown"].items())
+    table.add_row("errors", f"{s['errors']:,}" + (f" ({breakdown})" if breakdown else ""))
+    table.add_row("undelivered", f"{s['undelivered']:,} of {s['checked_friendships']:,} "
+                                 f"friend views checked ({s['checked_subscribers']:,} "
+                                 "subscribers)")
+    for w in s["workers"]:
+        table.add_row(f"worker {w['id']}", f"{w['users']:,} users, {w['cpu_percent']:.0f} % CPU "
+                                           f"during load, {w['rss_mib']:.0f} MiB RSS")
+    return table

@@ -1,0 +1,233 @@
+"""One virtual user's life over a real WebSocket: log in, beat, move, listen, churn.
+
+A user is a single task while it waits (plus the client's reader and, when
+it subscribes, one listener task per connection): nothing is spawned per
+heartbeat or per update. Its worker owns the shared state (counters, send
+log, receipts); the user only calls into it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import trio
+from google.protobuf.message import DecodeError
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from presenced.auth.identity import Identity
+from presenced.client import ConnectionEnded, PresenceClient, RemoteError
+from presenced.rpc.frames import ProtocolError
+from presenced.simulate.measure import OFFLINE, ONLINE, SENDER_SHIFT, unpack_position
+from presenced.simulate.plan import UserPlan
+from presenced.v1 import presence_pb2 as pb
+
+if TYPE_CHECKING:
+    from presenced.simulate.worker import Worker
+
+# Close codes a client can see without anything being wrong: its own
+# normal close (churn) as echoed by the server.
+_CLEAN_CLOSE = {1000}
+# Seconds to wait before logging in again after a failure (scaled by --speed
+# like any other interval, but never below this floor).
+_RETRY_FLOOR_S = 0.5
+
+
+class StreamEndedError(Exception):
+    """The server ended a subscription stream that should run forever."""
+
+
+class VirtualUser:
+    __slots__ = ("worker", "index", "identity", "target", "source", "subscriber", "plan",
+                 "sender", "accepted", "connected", "view", "since", "attempted", "quiet")
+
+    def __init__(
+        self, worker: Worker, index: int, identity: Identity, target: str,
+        source: str | None, subscriber: bool,
+    ) -> None:
+        self.worker = worker
+        self.index = index
+        self.identity = identity
+        self.target = target
+        self.source = source
+        self.subscriber = subscriber
+        self.plan = UserPlan(worker.config, index)
+        self.sender = index << SENDER_SHIFT
+        # Position key of the last heartbeat the server accepted this session.
+        self.accepted: int | None = None
+        self.connected = False
+        # Friend index -> position key (ONLINE without a position), as the
+        # subscription stream said; None while not subscribed.
+        self.view: dict[int, int] | None = None
+        self.since = math.inf
+        self.attempted = False
+        self.quiet = False
+
+    def final_key(self) -> int:
+        """What friends should see of this user once everything settled."""
+        if not self.connected:
+            return OFFLINE
+        return self.accepted if self.accepted is not None else ONLINE
+
+    # -------------------------------------------------------------- the life
+
+    async def run(self, start_at: float) -> None:
+        """Log in at `start_at` (trio time), then live until the worker stops."""
+        worker = self.worker
+        if await worker.sleep_until(start_at):
+            self._attempt_done()
+            worker.quiesce(self)
+            return
+        while True:
+            delay = await self._session()
+            if worker.stopping:
+                worker.quiesce(self)
+                return
+            if await worker.sleep_until(trio.current_time() + delay):
+                worker.quiesce(self)
+                return
+
+    async def _session(self) -> float:
+        """One connection, from login to its end; returns the delay before the next."""
+        worker = self.worker
+        counters = worker.counters
+        counters.login_attempts += 1
+        self.accepted = None
+        worker.log_send(self.sender | ONLINE, time.monotonic())
+        try:
+            async with PresenceClient.connect(
+                self.target, self.identity, local_address=self.source,
+                connect_timeout=worker.config.connect_timeout_s,
+            ) as client:
+                self.connected = True
+                counters.logins += 1
+                counters.connected += 1
+                self._attempt_done()
+                try:
+                    await self._heartbeat(client, self.plan.spawn())
+                    async with trio.open_nursery() as nursery:
+                        if self.subscriber:
+                            nursery.start_soon(self._listen, client)
+                        await self._live(client)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._disconnected()
+            return self.plan.offline_gap()
+        except Exception as e:  # every failure is classified and counted, then retried
+            was_connected = self.connected
+            self._disconnected()
+            self._attempt_done()
+            if not worker.exiting:
+                worker.failure(e, login=not was_connected, user=self)
+            return max(_RETRY_FLOOR_S, self.plan.offline_gap())
+
+    def _disconnected(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.worker.counters.connected -= 1
+            # Friends hear OFFLINE after the server's grace period; log when
+            # the connection went so that delay can be measured.
+            self.worker.log_send(self.sender | OFFLINE, time.monotonic())
+        if self.view is not None:
+            self.view = None
+            self.worker.counters.subscribed -= 1
+
+    async def _live(self, client: PresenceClient) -> None:
+        """Beat and move until churn ends the session or the worker stops."""
+        worker = self.worker
+        plan = self.plan
+        leave_at = trio.current_time() + plan.session_length()
+        while True:
+            due = trio.current_time() + plan.heartbeat_delay()
+            if await worker.sleep_until(min(due, leave_at)):
+                # Stopped: stay online and listening until the worker exits.
+                worker.quiesce(self)
+                await worker.exit_event.wait()
+                return
+            if trio.current_time() >= leave_at:
+                worker.counters.churn_disconnects += 1
+                return
+            await self._heartbeat(client, plan.next_position())
+
+    async def _heartbeat(self, client: PresenceClient, key: int | None) -> None:
+        worker = self.worker
+        counters = worker.counters
+        if key is None:
+            # Standing still: the server sees no change and tells nobody.
+            key = self.accepted
+            if key is None:
+                key = self.plan.spawn()
+        realm, x, y = unpack_position(key)
+        payload = pb.PositionPayload(
+            position=pb.Position(realm=worker.config.realms[realm], x=x, y=y)
+        ).SerializeToString()
+        if key != self.accepted:
+            worker.log_send(self.sender | key, time.monotonic())
+        counters.heartbeats += 1
+        response = await client.heartbeat_raw(payload)
+        outcome = response.WhichOneof("response")
+        if outcome == "position":
+            self.accepted = key
+            counters.heartbeats_accepted += 1
+        else:
+            detail = getattr(response, outcome).message if outcome else "empty response"
+            worker.record_error((outcome or "empty-response").replace("_", "-"), detail, self)
+
+    async def _listen(self, client: PresenceClient) -> None:
+        worker = self.worker
+        self.view = {}
+        worker.counters.subscribed += 1
+        self.since = time.monotonic()
+        async with client.subscribe() as subscription:
+            while True:
+                batch = await subscription.next_batch()
+                if batch is None:
+                    raise StreamEndedError("the server ended the subscription stream")
+                worker.on_updates(self, batch, time.monotonic())
+
+    def _attempt_done(self) -> None:
+        if not self.attempted:
+            self.attempted = True
+            self.worker.attempt_done()
+
+
+def classify(e: BaseException, login: bool) -> tuple[str, str]:
+    """An error kind (for the breakdown) and a one-line detail."""
+    leaves = _leaves(e)
+    # The most telling failure: a server close or remote error beats the
+    # cancellations and broken sockets it caused.
+    for leaf in leaves:
+        if isinstance(leaf, ConnectionEnded):
+            code = leaf.code
+            if code == 3003:
+                return "login-refused", str(leaf)
+            if code in _CLEAN_CLOSE:
+                return ("closed-during-login" if login else "closed-by-server"), str(leaf)
+            return f"closed-{code if code is not None else 'abnormally'}", str(leaf)
+    for leaf in leaves:
+        if isinstance(leaf, RemoteError):
+            return "remote-error", str(leaf)
+        if isinstance(leaf, (ProtocolError, DecodeError)):
+            return "bad-frame", f"{type(leaf).__name__}: {leaf}"
+        if isinstance(leaf, StreamEndedError):
+            return "stream-ended", str(leaf)
+        if isinstance(leaf, HandshakeError):
+            cause = leaf.__cause__ or leaf.__context__
+            reason = f"{type(leaf).__name__}: {cause or leaf}"
+            return "connect-failed", reason
+        if isinstance(leaf, trio.TooSlowError):
+            return "login-timeout", "no SERVER_READY or module within --connect-timeout"
+        if isinstance(leaf, (ConnectionClosed, OSError, trio.BrokenResourceError)):
+            return "connection-lost", f"{type(leaf).__name__}: {leaf}"
+    first = leaves[0] if leaves else e
+    return "internal", f"{type(first).__name__}: {first}"
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for sub in e.exceptions:
+            out.extend(_leaves(sub))
+        return out
+    return [e]

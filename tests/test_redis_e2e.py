@@ -1,0 +1,303 @@
+"""Several `presenced serve` processes sharing one private redis-server.
+
+Real processes, real sockets, our Python client: what an operator running a
+cluster would see, including an instance killed with SIGKILL, Redis killed
+and restarted empty, and the subscriber connection dropped by Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from presenced.auth.identity import Identity
+from presenced.client import ConnectionEnded, PresenceClient
+from presenced.server.config import ServerConfig
+from presenced.store.redis import RedisStore
+from presenced.v1 import presence_pb2 as pb
+from tests.support.daemon import Daemon
+
+TTL_S = 2.0
+SWEEP_S = 0.2
+GRACE_S = 0.2
+COMMON = (
+    "--ttl", str(TTL_S), "--sweep-interval", str(SWEEP_S), "--offline-grace", str(GRACE_S),
+    "--heartbeat-rate", "100", "--heartbeat-burst", "100", "--redis-timeout", "2",
+    "--log-level", "info",
+)
+
+USERS = [Identity.generate(random.Random(1000 + i)) for i in range(5)]
+FRIEND, ALICE, BOB, CAROL, LOCAL = USERS
+
+
+@dataclass(frozen=True)
+class Update:
+    at: float
+    address: str
+    online: bool
+    realm: str | None
+
+
+class Watcher:
+    """Records every update a subscription delivers, with its arrival time."""
+
+    def __init__(self) -> None:
+        self.updates: list[Update] = []
+
+    async def follow(self, client: PresenceClient,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with client.subscribe() as sub:
+            task_status.started()
+            async for batch in sub:
+                now = time.monotonic()
+                for u in batch:
+                    realm = u.position.realm if u.HasField("position") else None
+                    self.updates.append(Update(now, u.address, u.status == pb.ONLINE, realm))
+
+    def of(self, who: Identity) -> list[Update]:
+        return [u for u in self.updates if u.address == who.address]
+
+    def last(self, who: Identity) -> Update | None:
+        mine = self.of(who)
+        return mine[-1] if mine else None
+
+    async def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.01)
+
+
+async def add_friends(url: str, *pairs: tuple[Identity, Identity]) -> None:
+    """Through the store's API, as the admin endpoint would."""
+    store = RedisStore(url, ServerConfig())
+    async with trio.open_nursery() as n:
+        await n.start(store.run, lambda events: None)
+        await store.add_friendships([(a.address, b.address) for a, b in pairs])
+        n.cancel_scope.cancel()
+    await store.aclose(leave=False)
+
+
+@asynccontextmanager
+async def daemons(redis_url: str, count: int, *extra: str) -> AsyncIterator[list[Daemon]]:
+    started: list[Daemon] = []
+    try:
+        for _ in range(count):
+            started.append(Daemon("--redis-url", redis_url, *COMMON, *extra).start())
+        yield started
+    finally:
+        for d in started:
+            d.stop()
+
+
+def connect(daemon: Daemon, who: Identity):
+    return PresenceClient.connect(daemon.url, who)
+
+
+class Beater:
+    """Heartbeats like a real client: every 0.4 s (the TTL here is 2 s).
+
+    `move` changes the position and sends it at once; the periodic beats
+    repeat the current one, which tells nobody anything.
+    """
+
+    def __init__(self, client: PresenceClient, realm: str = "home") -> None:
+        self.client = client
+        self.position = (realm, 0, 0)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self.client.heartbeat(*self.position)
+                await trio.sleep(0.4)
+        except ConnectionEnded:
+            pass
+
+    async def move(self, realm: str, x: int = 0, y: int = 0) -> pb.PositionResponse:
+        self.position = (realm, x, y)
+        return await self.client.heartbeat(realm, x, y)
+
+
+async def beating(nursery: trio.Nursery, client: PresenceClient, realm: str = "home") -> Beater:
+    beater = Beater(client, realm)
+    await nursery.start(beater.run)
+    return beater
+
+
+async def wait_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while daemon.log().count(text) < count:
+            await trio.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------
+
+
+async def test_a_friend_on_another_instance_sees_everything(redis_server, nursery):
+    await add_friends(redis_server.url, (FRIEND, ALICE))
+    async with daemons(redis_server.url, 2) as (one, two):
+        watcher = Watcher()
+        async with connect(two, FRIEND) as friend:
+            await beating(nursery, friend)
+            await nursery.start(watcher.follow, friend)
+            async with connect(one, ALICE) as alice, trio.open_nursery() as beats:
+                await watcher.wait_for(lambda: watcher.last(ALICE))
+                assert watcher.last(ALICE).online
+                beater = await beating(beats, alice)
+                await beater.move("plaza", 1, 2)
+                await watcher.wait_for(lambda: watcher.last(ALICE).realm == "plaza")
+                await beater.move("museum", 3, 4)
+                await watcher.wait_for(lambda: watcher.last(ALICE).realm == "museum")
+                # Unchanged heartbeats reach nobody: the next update is the move.
+                count = len(watcher.of(ALICE))
+                await alice.heartbeat("museum", 3, 4)
+                await trio.sleep(0.3)
+                await beater.move("park", 5, 6)
+                await watcher.wait_for(lambda: watcher.last(ALICE).realm == "park")
+                assert len(watcher.of(ALICE)) == count + 1
+                friends = await friend.get_online_friends()
+                assert [(f.address, f.position.realm) for f in friends] == [
+                    (ALICE.address, "park")]
+                beats.cancel_scope.cancel()
+            # Logout: offline once the grace has passed, exactly once.
+            closed = time.monotonic()
+            await watcher.wait_for(lambda: not watcher.last(ALICE).online)
+            assert GRACE_S - 0.05 <= watcher.last(ALICE).at - closed < GRACE_S + 2.0
+            await trio.sleep(0.3)
+            assert [u.online for u in watcher.of(ALICE)].count(False) == 1
+            assert await friend.get_online_friends() == []
+
+
+async def test_kill_9_of_an_instance(redis_server, nursery):
+    await add_friends(redis_server.url, (FRIEND, ALICE), (FRIEND, BOB))
+    async with daemons(redis_server.url, 2) as (one, two):
+        watcher = Watcher()
+        async with connect(two, FRIEND) as friend:
+            await beating(nursery, friend)
+            await nursery.start(watcher.follow, friend)
+
+            async def on_one(who: Identity, realm: str,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+                # Stays connected and beating until the instance dies under it.
+                try:
+                    async with connect(one, who) as client:
+                        beater = await beating(nursery, client, realm)
+                        await beater.move(realm)
+                        task_status.started()
+                        await trio.sleep_forever()
+                except ConnectionEnded:
+                    pass
+                except BaseExceptionGroup as group:
+                    if group.split(ConnectionEnded)[1] is not None:
+                        raise
+
+            await nursery.start(on_one, ALICE, "alice-realm")
+            await nursery.start(on_one, BOB, "bob-realm")
+            await watcher.wait_for(lambda: watcher.last(ALICE) and watcher.last(BOB)
+                                   and watcher.last(ALICE).realm and watcher.last(BOB).realm)
+
+            one.kill9()
+            died = time.monotonic()
+            # Bob's client reconnects to the surviving instance at once.
+            async with connect(two, BOB) as bob:
+                await beating(nursery, bob, "bob-realm")
+                # Alice's client is gone for good: offline within TTL + sweep.
+                await watcher.wait_for(lambda: not watcher.last(ALICE).online, timeout=10)
+                took = watcher.last(ALICE).at - died
+                assert took <= TTL_S + SWEEP_S + 0.5, took
+                # Watch a little longer: no second OFFLINE, and Bob never offline.
+                await trio.sleep(SWEEP_S * 3)
+                assert [u.online for u in watcher.of(ALICE)].count(False) == 1
+                assert all(u.online for u in watcher.of(BOB))
+                friends = await friend.get_online_friends()
+                assert [f.address for f in friends] == [BOB.address]
+
+
+async def test_redis_killed_and_restarted_empty(redis_server, nursery):
+    await add_friends(redis_server.url, (FRIEND, ALICE), (LOCAL, ALICE))
+    async with daemons(redis_server.url, 2) as (one, two):
+        far, near = Watcher(), Watcher()
+        async with connect(two, FRIEND) as friend, connect(one, LOCAL) as local, \
+                connect(one, ALICE) as alice:
+            await beating(nursery, friend)
+            await beating(nursery, local)
+            beater = await beating(nursery, alice)
+            await nursery.start(far.follow, friend)
+            await nursery.start(near.follow, local)
+            await beater.move("before")
+            await far.wait_for(lambda: far.last(ALICE) and far.last(ALICE).realm == "before")
+            await near.wait_for(lambda: near.last(ALICE) and near.last(ALICE).realm == "before")
+
+            redis_server.kill()
+            for d in (one, two):
+                await wait_log(d, "Redis unavailable")
+            # Service continues from memory: heartbeats are answered and
+            # friends on the same instance still hear about them.
+            response = await beater.move("during", 1, 1)
+            assert response.position.realm == "during"
+            await near.wait_for(lambda: near.last(ALICE).realm == "during")
+
+            redis_server.restart()
+            for d in (one, two):
+                await wait_log(d, "Redis available again")
+            # Redis again holds every live user, and nobody had to reconnect.
+            r = redis_server.client()
+            try:
+                state = {k.decode() for k in r.hkeys("{presenced}:state")}
+            finally:
+                r.close()
+            assert state == {FRIEND.address, LOCAL.address, ALICE.address}
+            await far.wait_for(lambda: far.last(ALICE).realm == "during")
+            await beater.move("after", 2, 2)
+            await far.wait_for(lambda: far.last(ALICE).realm == "after")
+            assert [u.online for u in far.of(ALICE)].count(False) == 0
+            assert [u.online for u in near.of(ALICE)].count(False) == 0
+            assert (await friend.heartbeat("home", 0, 0)).position.realm == "home"
+    for d in (one, two):
+        assert "Redis lost its data" in d.log()
+
+
+async def test_subscriber_connection_killed(redis_server, nursery):
+    await add_friends(redis_server.url, (FRIEND, ALICE))
+    async with daemons(redis_server.url, 2) as (one, two):
+        watcher = Watcher()
+        async with connect(two, FRIEND) as friend, connect(one, ALICE) as alice:
+            await beating(nursery, friend)
+            beater = await beating(nursery, alice)
+            await nursery.start(watcher.follow, friend)
+            await beater.move("before")
+            await watcher.wait_for(lambda: watcher.last(ALICE)
+                                   and watcher.last(ALICE).realm == "before")
+            r = redis_server.client()
+            try:
+                # Keep the subscribers cut off for a while, and change
+                # something in the middle of it.
+                deadline = time.monotonic() + 0.6
+                killed = 0
+                while time.monotonic() < deadline:
+                    killed += r.client_kill_filter(_type="pubsub")
+                    if beater.position[0] == "before" and time.monotonic() > deadline - 0.4:
+                        await beater.move("while-cut-off", 5, 5)
+                    await trio.sleep(0.005)
+            finally:
+                r.close()
+            assert killed >= 2
+            await watcher.wait_for(lambda: watcher.last(ALICE).realm == "while-cut-off")
+            await wait_log(two, "resynchronised with Redis (change feed reconnected)")
+            await wait_log(two, "Redis available again")
+            await beater.move("after", 6, 6)
+            await watcher.wait_for(lambda: watcher.last(ALICE).realm == "after")
+            assert all(u.online for u in watcher.of(ALICE))
+
+
+@pytest.fixture(autouse=True)
+def _fail_fast_on_missing_redis(redis_server):
+    # Every test here needs the private Redis (skipped when not installed).
+    return redis_server

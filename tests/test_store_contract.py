@@ -1,0 +1,181 @@
+"""The Store contract, run against every store: MemoryStore and RedisStore.
+
+Whatever the engine and the hub rely on is here; cross-instance behaviour,
+which only the Redis store has, is in tests/test_redis_store.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
+from presenced.server.config import ServerConfig
+from presenced.store.base import Store
+from presenced.store.memory import MemoryStore
+
+TTL = 1_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def online(address: str, at: int, realm: str | None = "main", x: int = 1, y: int = 2) -> Presence:
+    position = Position(realm, x, y) if realm is not None else None
+    return Presence(address, True, position, at)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> object:
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server")
+    return None
+
+
+@pytest.fixture
+async def store(backend, nursery):
+    if backend is None:
+        s = MemoryStore("me")
+        yield s
+        await s.aclose()
+        return
+    from presenced.store.redis import RedisStore
+
+    s = RedisStore(backend.url, ServerConfig(redis_flush_interval_s=0.01), instance_id="me")
+    await nursery.start(s.run, lambda events: None)
+    yield s
+    await s.aclose()
+
+
+# ----------------------------------------------------------------- friendships
+
+
+async def test_add_friendships_returns_only_new_pairs_normalized(store: Store):
+    added = await store.add_friendships([("0xb", "0xa"), ("0xa", "0xc"), ("0xa", "0xa")])
+    assert sorted(added) == [("0xa", "0xb"), ("0xa", "0xc")]
+    assert await store.add_friendships([("0xa", "0xb"), ("0xb", "0xa")]) == []
+    again = await store.add_friendships([("0xc", "0xd"), ("0xd", "0xc")])
+    assert again == [("0xc", "0xd")]
+
+
+async def test_friends_of_is_symmetric(store: Store):
+    await store.add_friendships([("0xa", "0xb"), ("0xa", "0xc")])
+    assert await store.friends_of("0xa") == {"0xb", "0xc"}
+    assert await store.friends_of("0xb") == {"0xa"}
+    assert await store.friends_of("0xnobody") == frozenset()
+
+
+async def test_remove_friendships_returns_only_existing_pairs(store: Store):
+    await store.add_friendships([("0xa", "0xb"), ("0xa", "0xc")])
+    # Read once so that a caching store has something to keep current.
+    assert await store.friends_of("0xb") == {"0xa"}
+    removed = await store.remove_friendships([("0xb", "0xa"), ("0xa", "0xz"), ("0xa", "0xa")])
+    assert removed == [("0xa", "0xb")]
+    assert await store.remove_friendships([("0xa", "0xb")]) == []
+    assert await store.friends_of("0xa") == {"0xc"}
+    assert await store.friends_of("0xb") == frozenset()
+
+
+async def test_friends_of_sees_own_changes_after_caching(store: Store):
+    assert await store.friends_of("0xa") == frozenset()
+    await store.add_friendships([("0xa", "0xb")])
+    assert await store.friends_of("0xa") == {"0xb"}
+    await store.remove_friendships([("0xb", "0xa")])
+    assert await store.friends_of("0xa") == frozenset()
+
+
+# -------------------------------------------------------------------- presence
+
+
+async def test_write_then_read_back(store: Store):
+    t = now_ms()
+    p = online("0xa", t, "main", -5, 7)
+    store.write(PresenceWrite(p, True))
+    assert await store.get_presence("0xa") == p
+    assert await store.get_presence("0xb") is None
+    snapshot = await store.online_snapshot()
+    assert [(q.address, q.online, q.position, q.last_seen_ms) for q, _ in snapshot] == [
+        ("0xa", True, Position("main", -5, 7), t)
+    ]
+    assert snapshot[0][1] == {store.instance_id}
+
+
+async def test_presence_without_position_and_unicode_realm(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t, realm=None), True))
+    store.write(PresenceWrite(online("0xb", t, realm="réalm-☃"), True))
+    assert await store.get_presence("0xa") == online("0xa", t, realm=None)
+    assert (await store.get_presence("0xb")).position == Position("réalm-☃", 1, 2)
+
+
+async def test_refresh_and_move_keep_latest(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t, "main", 1, 1), True))
+    store.write(PresenceWrite(online("0xa", t + 10, "main", 1, 1), False))
+    store.write(PresenceWrite(online("0xa", t + 20, "other", 3, 4), True))
+    assert await store.get_presence("0xa") == online("0xa", t + 20, "other", 3, 4)
+    store.write(PresenceWrite(online("0xa", t + 30, "other", 3, 4), False))
+    assert (await store.get_presence("0xa")).last_seen_ms == t + 30
+
+
+async def test_leave_takes_user_offline(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t), True))
+    store.write(PresenceWrite(online("0xb", t), True))
+    assert await store.get_presence("0xa") is not None
+    store.write(PresenceLeave("0xa", t + 5))
+    assert await store.get_presence("0xa") is None
+    assert [p.address for p, _ in await store.online_snapshot()] == ["0xb"]
+    # Leaving twice, or someone never written, is harmless.
+    store.write(PresenceLeave("0xa", t + 6))
+    store.write(PresenceLeave("0xnever", t + 6))
+    assert [p.address for p, _ in await store.online_snapshot()] == ["0xb"]
+
+
+async def test_write_after_leave_is_online_again(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t), True))
+    store.write(PresenceLeave("0xa", t + 1))
+    store.write(PresenceWrite(online("0xa", t + 2, "back"), True))
+    assert await store.get_presence("0xa") == online("0xa", t + 2, "back")
+
+
+# ---------------------------------------------------------------------- expiry
+
+
+async def test_claim_expired_returns_each_user_once(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t), True))
+    store.write(PresenceWrite(online("0xb", t + 5 * TTL), True))
+    # Far enough past the TTL that any store's safety margin has run out.
+    later = t + 4 * TTL
+    assert await store.claim_expired(later, TTL) == ["0xa"]
+    assert await store.claim_expired(later, TTL) == []
+    assert await store.get_presence("0xa") is None
+    assert await store.get_presence("0xb") is not None
+    assert await store.claim_expired(t + 9 * TTL, TTL) == ["0xb"]
+    assert await store.online_snapshot() == []
+
+
+async def test_claim_expired_spares_a_user_refreshed_in_time(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t), True))
+    # A re-write (e.g. the user reconnected) refreshes the shared last-seen.
+    store.write(PresenceWrite(online("0xa", t + 10 * TTL), False))
+    assert await store.claim_expired(t + 5 * TTL, TTL) == []
+    assert await store.get_presence("0xa") is not None
+    assert await store.claim_expired(t + 14 * TTL, TTL) == ["0xa"]
+    assert await store.claim_expired(t + 14 * TTL, TTL) == []
+
+
+async def test_claim_expired_ignores_users_who_left(store: Store):
+    t = now_ms()
+    store.write(PresenceWrite(online("0xa", t), True))
+    store.write(PresenceLeave("0xa", t))
+    assert await store.claim_expired(t + 10 * TTL, TTL) == []
+
+
+async def test_store_reports_healthy(store: Store):
+    assert store.healthy
