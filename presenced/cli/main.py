@@ -151,6 +151,11 @@ def serve(
     sweep_interval: Annotated[float, typer.Option(
         envvar=_env("SWEEP_INTERVAL"), min=0.1,
         help="Seconds between sweeps for users whose instance vanished.")] = 5.0,
+    workers: Annotated[int, typer.Option(
+        envvar=_env("WORKERS"), min=1,
+        help="Processes sharing the WebSocket port (SO_REUSEPORT), one per core; more than "
+             "one requires --redis-url. Worker i serves its admin endpoint on admin-port + i."
+    )] = 1,
     log_level: Annotated[str, typer.Option(
         envvar=_env("LOG_LEVEL"), help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -162,6 +167,11 @@ def serve(
     from presenced.server.runtime import setup_logging, tune_gc
 
     min_x, min_y, max_x, max_y = _parse_bounds(bounds)
+    if workers > 1 and not redis_url:
+        raise typer.BadParameter(
+            "several workers share their state through Redis: add --redis-url",
+            param_hint="--workers",
+        )
     config = ServerConfig(
         host=host,
         port=port,
@@ -183,6 +193,7 @@ def serve(
         redis_socket_timeout_s=redis_timeout,
         redis_flush_interval_s=redis_flush_interval,
         redis_resync_interval_s=redis_resync_interval,
+        workers=workers,
         engine=EngineConfig(
             ttl_ms=int(ttl * 1000),
             offline_grace_ms=int(offline_grace * 1000),
@@ -196,6 +207,10 @@ def serve(
         ),
     )
     setup_logging(log_level)
+    if workers > 1:
+        from presenced.server.workers import supervise
+
+        raise typer.Exit(supervise(config, log_level))
 
     async def main() -> None:
         shutdown = trio.Event()
