@@ -132,7 +132,8 @@ def serve(
              "1009.")] = 16384,
     ping_interval: Annotated[float, typer.Option(
         envvar=_env("PING_INTERVAL"), min=0.1,
-        help="Seconds between keepalive pings on each connection.")] = 30.0,
+        help="Seconds of silence after which a connection is pinged (at most a quarter of "
+             "--ttl).")] = 30.0,
     ping_timeout: Annotated[float, typer.Option(
         envvar=_env("PING_TIMEOUT"), min=0.1,
         help="Seconds a connection has to answer a ping before it is closed.")] = 30.0,

@@ -41,6 +41,10 @@ class Killable(Protocol):
     def kill(self, code: int, reason: str, cause: str) -> None: ...
 
 
+class LiveConnection(Killable, Protocol):
+    def keepalive(self, now: float, now_ms: int) -> None: ...
+
+
 class Hub:
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
@@ -48,11 +52,14 @@ class Hub:
         self.engine = PresenceEngine(config.engine, store.write)
         self.metrics = Metrics()
         # Logged-in connections by session id, and every connection, logged in or not.
-        self.connections: dict[int, Killable] = {}
+        self.connections: dict[int, LiveConnection] = {}
         self.live: set[Killable] = set()
         # One counter for all connections, like the reference TS server.
         self.port_ids = itertools.count(1)
         self.session_ids = itertools.count(1)
+        # Idle connections are pinged often enough that a live one can never
+        # reach the TTL, whatever --ping-interval says.
+        self.ping_interval_s = min(config.ping_interval_s, config.engine.ttl_ms / 4000)
         self.ready = False
         self.listen_port = 0
         self.admin_port = 0
@@ -68,6 +75,7 @@ class Hub:
             await nursery.start(self._run_store)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._sweeper)
+            nursery.start_soon(self._keepalive)
             self.ready = True
             task_status.started()
 
@@ -83,6 +91,16 @@ class Hub:
                 conn = self.connections.get(session_id)
                 if conn is not None:
                     conn.kill(1011, "presence expired: no sign of life", "expired")
+
+    async def _keepalive(self) -> None:
+        # One loop for every connection instead of a timer task in each.
+        interval = min(self.ping_interval_s / 2, 5.0)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            now_ms = self.now_ms()
+            for conn in list(self.connections.values()):
+                conn.keepalive(now, now_ms)
 
     async def _sweeper(self) -> None:
         ttl = self.config.engine.ttl_ms
