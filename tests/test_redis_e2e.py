@@ -301,3 +301,21 @@ async def test_subscriber_connection_killed(redis_server, nursery):
 def _fail_fast_on_missing_redis(redis_server):
     # Every test here needs the private Redis (skipped when not installed).
     return redis_server
+
+
+async def test_a_client_kept_alive_by_pings_alone_stays_online_everywhere(redis_server,
+                                                                          nursery):
+    # With a TTL shorter than the engine's touch-write interval (10 s), such
+    # a user is written to Redis less often than the TTL: other instances
+    # must leave them to their (alive) owner instead of expiring them.
+    await add_friends(redis_server.url, (FRIEND, ALICE))
+    async with daemons(redis_server.url, 2, "--ttl", "1") as (one, two):
+        watcher = Watcher()
+        async with connect(two, FRIEND) as friend, connect(one, ALICE) as alice:
+            await beating(nursery, friend)
+            await nursery.start(watcher.follow, friend)
+            await alice.heartbeat("idle", 1, 1)  # then only the server's pings
+            await watcher.wait_for(lambda: watcher.last(ALICE)
+                                   and watcher.last(ALICE).realm == "idle")
+            await trio.sleep(3.0)  # three TTLs
+            assert all(u.online for u in watcher.of(ALICE)), watcher.of(ALICE)

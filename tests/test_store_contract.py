@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from presenced.engine import EngineConfig
 from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
 from presenced.store.base import Store
@@ -43,7 +44,11 @@ async def store(backend, nursery):
         return
     from presenced.store.redis import RedisStore
 
-    s = RedisStore(backend.url, ServerConfig(redis_flush_interval_s=0.01), instance_id="me")
+    # The engine refreshes users kept alive by pings this often; the Redis
+    # store leaves a live owner's users to it for twice that.
+    engine = EngineConfig(touch_write_interval_ms=TTL // 2)
+    s = RedisStore(backend.url, ServerConfig(redis_flush_interval_s=0.01, engine=engine),
+                   instance_id="me")
     await nursery.start(s.run, lambda events: None)
     yield s
     await s.aclose()

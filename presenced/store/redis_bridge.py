@@ -127,7 +127,9 @@ class Listener:
             finally:
                 try:
                     pubsub.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
+                except Exception:
+                    # Closing a connection that already broke may fail too;
+                    # there is nothing left to release.
                     pass
 
     def _subscribe(self, pubsub: redis.client.PubSub) -> None:

@@ -157,8 +157,9 @@ if #due > 0 then
   for i = 1, #due, 2 do
     local addr, score = due[i], tonumber(due[i + 1])
     -- A live owner expires its own users (its engine knows when they went
-    -- silent); claiming them here as well would race with it and could
-    -- announce the user offline twice. It gets one more TTL to do so.
+    -- silent, and writes users kept alive by pings less often than a short
+    -- TTL); claiming them here as well would race with it and could
+    -- announce the user offline twice. It gets `margin` more to do so.
     local held = false
     if score >= cutoff - margin then
       for _, m in ipairs(members) do

@@ -54,7 +54,8 @@ T = TypeVar("T")
 REDIS_ERRORS = (redis.RedisError, OSError)
 
 # Presence ops per script call: bounds how long one call holds Redis (a few
-# ms) and the size of one change message (~70 KB).
+# ms) and the size of one change message (~65 KB). At most 4000: the script
+# unpacks two values per op into one command, and Lua's limit is 8000.
 OPS_PER_SCRIPT = 1000
 PAIRS_PER_SCRIPT = 1000
 # Users one claim call may look at; the claim loops while there are more.
@@ -101,16 +102,19 @@ class RedisStore:
     - `healthy`: False until the first complete load, and from any Redis
       failure (a failed call, the change feed lost) until Redis answers again
       and the store has resynchronised.
-    - `redis_errors`: failed Redis calls by kind (`flush`, `listener`,
-      `resync`, `read`, `claim`, `friends`, `audit`).
+    - `redis_errors`: failed Redis calls by kind (`flush`, `listener` (the
+      change feed dropped), `resync`, `read`, `claim`, `friends`, `audit`;
+      `internal` counts bugs caught so they cannot stop the daemon).
     - `outages`: times the store went from healthy to unhealthy.
     - `flushes`, `writes_flushed`: batches written and presence ops in them.
     - `flush_latency`: a `Histogram` of seconds per flush (one pipeline).
     - `messages_received`, `events_received`: change messages from other
       instances and the events they carried.
-    - `resyncs`, `resync_reasons`: full resynchronisations, and why.
+    - `resyncs`, `resync_reasons`: full resynchronisations, and why (`start`,
+      `feed-reconnected`, `recovered`, `epoch`, `gap`, `audit`, `error`).
     - `last_resync_seconds`: how long the last one took (read and decode).
-    - `audits`: periodic feed audits that came back clean.
+    - `audits`: periodic feed audits that came back clean (a failed one
+      triggers a resync).
     - `pending_writes`: ops waiting for the next flush (grows while Redis is
       away; at most one per user).
     """
@@ -142,6 +146,10 @@ class RedisStore:
         self._beacon_s = self.dead_after_ms / 4000
         # Instances silent for this long are forgotten altogether.
         self.gc_after_ms = max(3 * self._ttl_ms, 30_000)
+        # The engine writes a user kept alive only by pings (no heartbeats)
+        # every touch interval, which can exceed a short TTL: the sweep must
+        # leave an alive owner's users alone for longer than that.
+        self._hold_ms = 2 * config.engine.touch_write_interval_ms
 
         common: dict[str, Any] = {
             "socket_timeout": self._timeout,
@@ -445,7 +453,9 @@ class RedisStore:
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             for args in calls:
-                pipe.execute_command("EVALSHA", script.sha, 0, *args)
+                # One declared key, so that anything routing by key (a cluster
+                # proxy) sends the script to the slot all our keys share.
+                pipe.execute_command("EVALSHA", script.sha, 1, self.keys.seen, *args)
             try:
                 return pipe.execute()
             except NoScriptError:
@@ -987,8 +997,9 @@ class RedisStore:
     def _claim_sync(
         self, now_ms: int, ttl_ms: int
     ) -> tuple[list[tuple[int, list[str]]], str]:
+        margin = max(ttl_ms, self._hold_ms)
         args = [self.keys.prefix, self.instance_id, _new_epoch(), now_ms, ttl_ms,
-                ttl_ms, self.dead_after_ms, self.gc_after_ms, CLAIM_LIMIT]
+                margin, self.dead_after_ms, self.gc_after_ms, CLAIM_LIMIT]
         claimed: list[tuple[int, list[str]]] = []
         while True:
             epoch, got, candidates, seq = self._eval_many(SCRIPTS["claim"], [args])[0]

@@ -40,7 +40,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
+        # Handed to the child; our copy is closed once it has started.
+        log = open(self.dir / "redis.log", "ab")
         try:
             self.proc = subprocess.Popen(
                 [
@@ -51,8 +52,6 @@ class RedisServer:
                     "--appendonly", "no",
                     "--dir", str(self.dir),
                     "--daemonize", "no",
-                    # The subscriber-connection tests need CLIENT KILL; keep
-                    # everything else at defaults.
                     "--loglevel", "warning",
                 ],
                 stdout=log,
