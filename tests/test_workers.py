@@ -21,7 +21,7 @@ def _sessions(admin_url: str) -> int:
 
 async def test_two_workers_share_the_port_and_one_picture(redis_server):
     with Daemon("--workers", "2", "--redis-url", redis_server.url,
-                "--offline-grace", "0.1") as daemon:
+                "--offline-grace", "0.1", admin_ports=2) as daemon:
         first, last = USERS[0], USERS[-1]
         worker_admin = [daemon.admin_url, f"http://127.0.0.1:{daemon.admin_port + 1}"]
         # Both workers answer on their own admin ports.

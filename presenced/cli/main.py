@@ -162,7 +162,7 @@ def serve(
 ) -> None:
     """Run the presence daemon."""
     from presenced.engine import EngineConfig
-    from presenced.server.app import ConfigError
+    from presenced.server.app import ConfigError, leaf_exceptions
     from presenced.server.app import serve as serve_forever
     from presenced.server.config import ServerConfig
     from presenced.server.runtime import setup_logging, tune_gc
@@ -232,18 +232,12 @@ def serve(
         trio.run(main)
     except* ConfigError as group:
         # Raised inside nested nurseries, so the group may nest: report the leaves.
-        for e in _leaves(group):
+        for e in leaf_exceptions(group):
             typer.echo(f"presenced: {e}", err=True)
         raise typer.Exit(2) from None
     except* KeyboardInterrupt:
         raise typer.Exit(130) from None
 
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
 
 
 # The operator tools: clients of the admin endpoint, one module per concern.

@@ -121,6 +121,9 @@ class PresenceEngine:
         self.config = config or EngineConfig()
         self.stats = EngineStats()
         self._write_op = write or (lambda op: None)
+        # The store must hear from a live user well within the TTL, or other
+        # instances would see them flicker offline between refreshes.
+        self._touch_write_ms = min(self.config.touch_write_interval_ms, self.config.ttl_ms // 3)
         self._users: dict[str, _User] = {}
         self._sessions: dict[int, _Session] = {}
         # Owned users by last sign of life, oldest first: expiry pops the front.
@@ -455,7 +458,7 @@ class PresenceEngine:
             self._notify(user)
         if changed or force_write or newly_owned:
             self._write(user, now_ms, changed)
-        elif now_ms - user.written_ms >= self.config.touch_write_interval_ms:
+        elif now_ms - user.written_ms >= self._touch_write_ms:
             self._write(user, now_ms, False)
 
     def _refresh(self, user: _User, now_ms: int) -> None:
@@ -463,7 +466,7 @@ class PresenceEngine:
         owned = self._owned
         owned[user.address] = now_ms
         owned.move_to_end(user.address)
-        if now_ms - user.written_ms >= self.config.touch_write_interval_ms:
+        if now_ms - user.written_ms >= self._touch_write_ms:
             self._write(user, now_ms, False)
 
     def _write(self, user: _User, now_ms: int, changed: bool) -> None:

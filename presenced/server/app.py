@@ -26,6 +26,14 @@ class ConfigError(Exception):
     """The configuration cannot be served (bad friends file, port in use…)."""
 
 
+def leaf_exceptions(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions inside a (possibly nested) group: what nurseries raise."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(leaf_exceptions(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
 def build_store(config: ServerConfig) -> Store:
     if config.redis_url:
         from presenced.store.redis import RedisStore

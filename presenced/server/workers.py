@@ -44,7 +44,7 @@ def _run_worker(config: ServerConfig, index: int, log_level: str) -> None:
 
     import trio
 
-    from presenced.server.app import ConfigError, serve
+    from presenced.server.app import ConfigError, leaf_exceptions, serve
     from presenced.server.runtime import setup_logging, tune_gc
 
     setup_logging(log_level)
@@ -69,7 +69,7 @@ def _run_worker(config: ServerConfig, index: int, log_level: str) -> None:
     try:
         trio.run(main)
     except* ConfigError as group:
-        for e in group.exceptions:
+        for e in leaf_exceptions(group):
             print(f"presenced: worker {index}: {e}", file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT)
 

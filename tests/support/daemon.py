@@ -18,6 +18,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (worker i uses base + i)."""
+    for _ in range(100):
+        base = free_port(host)
+        try:
+            for offset in range(1, count):
+                with socket.socket() as s:
+                    s.bind((host, base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def wait_for_port(
     host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
 ) -> None:
@@ -36,11 +50,14 @@ def wait_for_port(
 class Daemon:
     """`presenced serve` on free ports; `args` are extra command-line options."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, admin_ports: int = 1
+    ) -> None:
         self.args = list(args)
         self.env = env or {}
         self.port = free_port()
-        self.admin_port = free_port()
+        # `--workers N` serves admin endpoints on N consecutive ports.
+        self.admin_port = free_ports(admin_ports)
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="presenced-", suffix=".log", delete=False)
         # Only the name is kept: an open handle would leak (a ResourceWarning,
