@@ -34,6 +34,7 @@ from trio_websocket import (
 )
 
 from presenced.auth.identity import Identity, login_frame
+from presenced.errors import leaf_exceptions
 from presenced.rpc.client import RpcClientConnection
 from presenced.rpc.events import (
     ModuleLoaded,
@@ -255,20 +256,26 @@ class PresenceClient:
         """
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
-        async with open_websocket(
-            url, connect_timeout=connect_timeout, local_address=local_address
-        ) as ws:
-            client = cls(ws)
-            await ws.send_message(login_frame(identity, timestamp_ms))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client._read)
-                with trio.fail_after(connect_timeout):
-                    await client._ready.wait()
-                    if client._closed is not None:
-                        raise client._closed
-                    await client._open_port(port_name)
-                yield client
-                nursery.cancel_scope.cancel()
+        try:
+            async with open_websocket(url, connect_timeout=connect_timeout) as ws:
+                client = cls(ws)
+                await ws.send_message(login_frame(identity, timestamp_ms))
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client._read)
+                    with trio.fail_after(connect_timeout):
+                        await client._ready.wait()
+                        if client._closed is not None:
+                            raise client._closed
+                        await client._open_port(port_name)
+                    yield client
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Callers want the one error (a refused login, a closed
+            # connection), not the nursery's wrapping of it.
+            leaves = leaf_exceptions(group)
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
 
     # ------------------------------------------------------------------- RPCs
 

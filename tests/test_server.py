@@ -338,3 +338,43 @@ async def test_shutdown_closes_connections_with_1001(nursery):
                     await updates.next_batch()
                     await updates.next_batch()
         assert info.value.code == 1001
+
+
+async def test_clients_vanishing_during_the_handshake_do_not_hurt_the_server(nursery):
+    # A reset right after the upgrade request used to escape the handler and,
+    # through trio-websocket's nursery, take every connection down with it.
+    import socket
+    import struct
+
+    async with running(nursery) as srv:
+        request = (
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        for _ in range(50):
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", srv.hub.listen_port))
+            await sock.send(request)
+            # SO_LINGER 0: close with a reset, as a vanished client would.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        await trio.sleep(0.2)
+        async with srv.client(ALICE) as alice:
+            assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+
+
+async def test_an_error_while_accepting_is_contained(nursery, monkeypatch):
+    import presenced.server.app as app_module
+
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        def broken(*args):
+            raise OSError(107, "Transport endpoint is not connected")
+
+        monkeypatch.setattr(app_module, "Connection", broken)
+        with pytest.raises(ConnectionEnded):
+            async with srv.client(BOB):
+                pass
+        monkeypatch.undo()
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+        async with srv.client(BOB) as bob:
+            assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"

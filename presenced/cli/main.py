@@ -137,10 +137,10 @@ def serve(
     ping_timeout: Annotated[float, typer.Option(
         envvar=_env("PING_TIMEOUT"), min=0.1,
         help="Seconds a connection has to answer a ping before it is closed.")] = 30.0,
-    send_queue: Annotated[int, typer.Option(
-        envvar=_env("SEND_QUEUE"), min=8,
-        help="Frames queued for one connection before it counts as too slow and is "
-             "disconnected.")] = 512,
+    send_queue_bytes: Annotated[int, typer.Option(
+        envvar=_env("SEND_QUEUE_BYTES"), min=1024,
+        help="Bytes queued for one connection beyond what its socket takes before it counts "
+             "as too slow and is disconnected.")] = 256 * 1024,
     stuck_timeout: Annotated[float, typer.Option(
         envvar=_env("STUCK_TIMEOUT"), min=1,
         help="Seconds a subscriber may leave a stream item unacknowledged while updates "
@@ -162,7 +162,8 @@ def serve(
 ) -> None:
     """Run the presence daemon."""
     from presenced.engine import EngineConfig
-    from presenced.server.app import ConfigError, leaf_exceptions
+    from presenced.errors import leaf_exceptions
+    from presenced.server.app import ConfigError
     from presenced.server.app import serve as serve_forever
     from presenced.server.config import ServerConfig
     from presenced.server.runtime import setup_logging, tune_gc
@@ -181,7 +182,7 @@ def serve(
         max_frame_bytes=max_frame_bytes,
         ping_interval_s=ping_interval,
         ping_timeout_s=ping_timeout,
-        send_queue_frames=send_queue,
+        send_queue_bytes=send_queue_bytes,
         stuck_timeout_s=stuck_timeout,
         max_connections=max_connections,
         sweep_interval_s=sweep_interval,

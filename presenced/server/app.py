@@ -26,14 +26,6 @@ class ConfigError(Exception):
     """The configuration cannot be served (bad friends file, port in use…)."""
 
 
-def leaf_exceptions(group: BaseExceptionGroup) -> list[BaseException]:
-    """The exceptions inside a (possibly nested) group: what nurseries raise."""
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(leaf_exceptions(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
-
-
 def build_store(config: ServerConfig) -> Store:
     if config.redis_url:
         from presenced.store.redis import RedisStore
@@ -88,10 +80,19 @@ async def serve(
     hub = Hub(config, store or build_store(config))
 
     async def handle(request: WebSocketRequest) -> None:
+        # trio-websocket runs this in the server's nursery: anything escaping
+        # would cancel every connection, so nothing may.
         try:
-            ws = await request.accept()
-        except ConnectionClosed:
-            return
+            await accept(request)
+        except (ConnectionClosed, OSError) as e:
+            # The client went away during the handshake (a reset, a port scan).
+            log.debug("connection dropped during the handshake: %r", e)
+        except Exception:
+            hub.metrics.handler_errors += 1
+            log.exception("unexpected error while accepting a connection")
+
+    async def accept(request: WebSocketRequest) -> None:
+        ws = await request.accept()
         remote = request.remote
         peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
         if config.max_connections and len(hub.live) >= config.max_connections:

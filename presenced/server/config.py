@@ -20,9 +20,9 @@ class ServerConfig:
     # Keepalive: a connection that does not answer a ping in time is closed.
     ping_interval_s: float = 30.0
     ping_timeout_s: float = 30.0
-    # Frames waiting to be written to one connection; a client that lets it
-    # fill up is disconnected rather than slowing anyone else.
-    send_queue_frames: int = 512
+    # Bytes waiting to be written to one connection; a client that lets them
+    # pile up is disconnected rather than slowing anyone else.
+    send_queue_bytes: int = 256 * 1024
     # A subscriber whose stream has updates waiting but sent no ACK for this
     # long is disconnected.
     stuck_timeout_s: float = 60.0

@@ -18,7 +18,6 @@ never into anyone else's latency.
 from __future__ import annotations
 
 import logging
-from collections import deque
 
 import trio
 from google.protobuf.message import DecodeError
@@ -51,6 +50,7 @@ from presenced.server.presence_module import (
     encode_heartbeat_outcome,
     encode_presences,
 )
+from presenced.server.ws_sender import FrameSender
 from presenced.store.base import StoreUnavailable
 
 log = logging.getLogger("presenced.connection")
@@ -180,12 +180,7 @@ class Connection:
         self.session_id = 0
         self.rpc = RpcServerConnection(MODULES, hub.port_ids)
         self.streams: dict[int, _Stream] = {}
-        # Frames waiting for the writer. A deque and a parking lot rather than
-        # a memory channel: the same job in a fraction of the memory, which
-        # matters at 20k connections per process.
-        self._out: deque[bytes] = deque()
-        self._out_limit = hub.config.send_queue_frames
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        self.sender = FrameSender(ws, hub.config.send_queue_bytes)
         # trio time of the last frame received; the hub's keepalive reads it.
         self.last_rx = trio.current_time()
         self._touched_rx = self.last_rx
@@ -242,7 +237,7 @@ class Connection:
         self.flush()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._writer)
+            nursery.start_soon(self.sender.run)
             await self._reader()
             nursery.cancel_scope.cancel()
 
@@ -419,33 +414,14 @@ class Connection:
     # ----------------------------------------------------------- frames out
 
     def flush(self) -> None:
-        """Queue what the protocol core produced; a full queue ends the connection."""
+        """Send what the protocol core produced; a full queue ends the connection."""
         frames = self.rpc.data_to_send()
         if not frames or self._close is not None:
             return
-        out = self._out
-        if len(out) + len(frames) > self._out_limit:
+        if not self.sender.send(frames):
             self.hub.metrics.bad_input["slow-consumer"] += 1
             self.kill(closecodes.POLICY_VIOLATION, "slow consumer: send queue full",
                       "slow-consumer")
-            return
-        was_empty = not out
-        out.extend(frames)
-        if was_empty:
-            self._writer_lot.unpark_all()
-
-    async def _writer(self) -> None:
-        out = self._out
-        send = self.ws.send_message
-        park = self._writer_lot.park
-        try:
-            while True:
-                if not out:
-                    await park()
-                    continue
-                await send(out.popleft())
-        except ConnectionClosed:
-            self.kill(1000, "", "client")
 
     # -------------------------------------------------------------- keepalive
 

@@ -44,7 +44,8 @@ def _run_worker(config: ServerConfig, index: int, log_level: str) -> None:
 
     import trio
 
-    from presenced.server.app import ConfigError, leaf_exceptions, serve
+    from presenced.errors import leaf_exceptions
+    from presenced.server.app import ConfigError, serve
     from presenced.server.runtime import setup_logging, tune_gc
 
     setup_logging(log_level)
