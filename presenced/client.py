@@ -257,7 +257,9 @@ class PresenceClient:
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
         try:
-            async with open_websocket(url, connect_timeout=connect_timeout) as ws:
+            async with open_websocket(
+                url, connect_timeout=connect_timeout, local_address=local_address
+            ) as ws:
                 client = cls(ws)
                 await ws.send_message(login_frame(identity, timestamp_ms))
                 async with trio.open_nursery() as nursery:

@@ -98,7 +98,9 @@ def simulate(
         help="Simulated seconds a churned user stays away (uniform within ±50 %).")] = 10.0,
     ramp: Annotated[float, typer.Option(
         "--ramp", min=0.1, metavar="LOGINS_PER_S",
-        help="Initial logins per second, over all processes.")] = 500.0,
+        help="Initial logins per second, over all processes. Each login costs the daemon "
+             "and the generator a few milliseconds of CPU (handshake, AuthChain, RPC set-up): "
+             "too fast a ramp only queues them.")] = 100.0,
     processes: Annotated[int, typer.Option(
         "--processes", min=1, metavar="P",
         help="Load-generator processes; each drives its share of the users.")] = 1,
@@ -108,7 +110,8 @@ def simulate(
              "address has only ~28,000 ephemeral ports. Only for ws:// targets.")] = None,
     connect_timeout: Annotated[float, typer.Option(
         "--connect-timeout", min=0.1, metavar="SECONDS",
-        help="Seconds a login may take (connect, handshake, SERVER_READY, module).")] = 10.0,
+        help="Seconds a login (connect, handshake, SERVER_READY, module) or a heartbeat's "
+             "answer may take before it counts as an error.")] = 10.0,
     settle: Annotated[float | None, typer.Option(
         "--settle", min=0, metavar="SECONDS", show_default=False,
         help=f"Seconds to wait after the load before comparing what subscribers saw with "
@@ -138,6 +141,11 @@ def simulate(
     update's arrival. After the load, users stop, the run waits --settle
     seconds, and every subscriber's view of each friend is compared with that
     friend's final state; each difference counts as undelivered.
+
+    The import only adds friendships: against a daemon that holds another
+    graph of the same --seed (an earlier run with other --users or
+    --avg-friends), use a new --seed or a fresh daemon, or the extra
+    friendships show up as errors.
 
     A live display shows progress on a terminal; at the end a summary table
     is printed, or with --json one JSON object. Exit status 1 if any virtual
@@ -200,10 +208,21 @@ def simulate(
         print_json(summary)
     else:
         stdout_console().print(summary_table(summary))
+        _explain_failures(summary)
     if not summary["ok"]:
         report(f"simulate failed: {summary['errors']} errors, {summary['undelivered']} "
                "undelivered updates")
         raise typer.Exit(EXIT_ERROR)
+
+
+def _explain_failures(summary: dict[str, Any]) -> None:
+    """A few examples of what went wrong, on stderr (--json has them all)."""
+    for kind, samples in summary["error_samples"].items():
+        for sample in samples[:2]:
+            report(f"{kind}: {sample}")
+    for example in summary["undelivered_examples"][:3]:
+        report(f"undelivered: {example['receiver']} sees {example['friend']} as "
+               f"{example['seen']}, but it is {example['expected']}")
 
 
 class _Checks:
@@ -246,6 +265,14 @@ def _check_engine_limits(config: SimConfig, engine: dict[str, Any]) -> None:
              f"{config.heartbeat_interval_s:g} / --speed {config.speed:g}, less --jitter) are "
              f"faster than the daemon accepts ({rate:g} per second per connection): lower "
              f"--speed or start serve with a higher --heartbeat-rate", EXIT_USAGE)
+    ttl_s = float(engine.get("ttl_ms", 0) or 0) / 1000.0
+    longest = config.heartbeat_real_s * (1.0 + config.jitter)
+    if ttl_s > 0 and longest + config.settle_s >= ttl_s:
+        # Users would expire between heartbeats, or while the run settles,
+        # and their friends would rightly see them go offline.
+        fail(f"heartbeats up to {longest:.3g} s apart plus {config.settle_s:g} s of --settle "
+             f"reach the daemon's --ttl ({ttl_s:g} s): raise --speed or lower --settle",
+             EXIT_USAGE)
     bounds = engine.get("bounds")
     if bounds:
         min_x, min_y, max_x, max_y = config.area

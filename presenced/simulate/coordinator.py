@@ -56,8 +56,6 @@ class _Handle:
         self.final: dict[str, array] | None = None
         self.bye = False
         self.gone = False
-        self.cpu_at_load = 0.0
-        self.cpu_at_stop = 0.0
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -78,7 +76,7 @@ class Coordinator:
         self.log = SendLog(config.retention_s)
         self.matcher = Matcher(self.log)
         # Parent-side matches land in the same histograms as the workers' deltas.
-        self.matcher.histograms = self.totals.histograms
+        self.matcher.histograms = self.totals.histograms[:3]
         self.pending: list[tuple[int, float, float]] = []
         self.owner = array("h", [-1]) * config.users
         self.phase = "starting"
@@ -141,24 +139,23 @@ class Coordinator:
         t_go = time.monotonic()
         for h in self.handles:
             h.send(("go", addresses))
-        ramp_limit = len(self.population.online) / config.ramp + config.connect_timeout_s + 60
+        # Each attempt ends within two timeouts (connect, then login) of its
+        # slot; the rest is slack for a loaded machine.
+        ramp_limit = (1.5 * len(self.population.online) / config.ramp
+                      + 2 * config.connect_timeout_s + 60)
         self._pump(lambda: all(h.ramped for h in self.handles), t_go + ramp_limit,
                    "the initial logins")
 
         self.phase = "load"
         t_load = time.monotonic()
         self.matcher.measure_from = t_load
-        at_load = self._sum_counters()
         for h in self.handles:
-            h.cpu_at_load = (h.stats or {}).get("cpu_s", 0.0)
             h.send(("load", t_load))
         self._pump(lambda: False, t_load + config.duration_s, "")
 
         self.phase = "stopping"
         t_stop = time.monotonic()
-        at_stop = self._sum_counters()
         for h in self.handles:
-            h.cpu_at_stop = (h.stats or {}).get("cpu_s", 0.0)
             h.send(("stop",))
         self._pump(lambda: all(h.stopped for h in self.handles),
                    t_stop + config.connect_timeout_s + 30, "the virtual users to stop")
@@ -171,8 +168,11 @@ class Coordinator:
             h.send(("report",))
         self._pump(lambda: all(h.final is not None for h in self.handles), t_report + 60,
                    "the final reports")
-        # Every send has now reached the parent: what is still pending never will.
-        self.totals.unmatched += len(self.pending)
+        # Nobody has sent anything since "stop", and every worker's sends up
+        # to its report are in: match what waited for a slower worker.
+        for receipt in self.pending:
+            if not self.matcher.match(*receipt):
+                self.matcher.unmatched += 1
         self.pending.clear()
 
         self.phase = "closing"
@@ -187,15 +187,27 @@ class Coordinator:
             graph.adjacency(), [h.final for h in self.handles if h.final is not None],
             addresses, config.realms)
         workers = []
-        load_s = max(1e-9, t_stop - t_load)
+        rates: Counter[str] = Counter()
+        connected_at_stop = 0
         for h in self.handles:
             stats = h.stats or {}
+            marks = stats.get("marks", {})
+            cpu_percent = 0.0
+            if "load" in marks and "stop" in marks:
+                start, end = marks["load"], marks["stop"]
+                span = end["t"] - start["t"]
+                if span > 0:
+                    cpu_percent = 100.0 * (end["cpu_s"] - start["cpu_s"]) / span
+                    for name in ("heartbeats", "updates"):
+                        rates[name] += (end["counters"][name] - start["counters"][name]) / span
+                connected_at_stop += end["counters"]["connected"]
             workers.append({
                 "id": h.id,
                 "users": stats.get("users", 0),
                 "cpu_s": round(stats.get("cpu_s", 0.0), 2),
-                "cpu_percent": round(100.0 * (h.cpu_at_stop - h.cpu_at_load) / load_s, 1),
+                "cpu_percent": round(cpu_percent, 1),
                 "rss_mib": round(stats.get("rss_kib", 0) / 1024.0, 1),
+                "gc": stats.get("gc"),
             })
         return build_summary(
             config=config,
@@ -203,7 +215,8 @@ class Coordinator:
             subscribers=len(self.population.subscribers),
             friendships=len(graph.edges),
             totals=self.totals,
-            load_counters=(at_load, at_stop),
+            rates=rates,
+            connected_at_stop=connected_at_stop,
             phases={"ramp": t_load - t_go, "load": t_stop - t_load,
                     "settle": t_report - t_settle, "total": t_end - self.started},
             peak_connections=self.peak_connections,
@@ -279,30 +292,31 @@ class Coordinator:
         if keys:
             self.log.record_many(keys, times)
         h.flushed_until = stats["t"]
-        match = self.matcher.match
+        resolve = self._resolve
         pending = self.pending
-        for key, arrival, since in zip(*stats["receipts"], strict=True):
-            if not match(key, arrival, since):
-                pending.append((key, arrival, since))
+        for receipt in zip(*stats["receipts"], strict=True):
+            if not resolve(*receipt):
+                pending.append(receipt)
         if pending:
-            self._retry_pending()
+            self.pending = [r for r in pending if not resolve(*r)]
 
-    def _retry_pending(self) -> None:
-        match = self.matcher.match
-        owner = self.owner
-        handles = self.handles
-        still = []
-        for key, arrival, since in self.pending:
-            if match(key, arrival, since):
-                continue
-            wid = owner[key >> SENDER_SHIFT]
-            # The sender's worker has reported past the arrival, so the send
-            # (always earlier) would be here: it never will be.
-            if wid < 0 or handles[wid].flushed_until >= arrival:
-                self.matcher.unmatched += 1
-            else:
-                still.append((key, arrival, since))
-        self.pending = still
+    def _resolve(self, key: int, arrival: float, since: float) -> bool:
+        """Match a receipt once its sender's sends up to its arrival are in; False to wait.
+
+        Matching earlier could pick an older send of the same key: a login's
+        ONLINE (or a logout's OFFLINE) key is the same every session, so the
+        previous session's time would still be in the log.
+        """
+        wid = self.owner[key >> SENDER_SHIFT]
+        if wid < 0:
+            # Not one of our virtual users: nothing of ours caused it.
+            self.matcher.unmatched += 1
+            return True
+        if self.handles[wid].flushed_until < arrival:
+            return False
+        if not self.matcher.match(key, arrival, since):
+            self.matcher.unmatched += 1
+        return True
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -156,35 +156,57 @@ class Histogram:
 class SendLog:
     """When each (sender, position) was sent, for `retention_s` seconds.
 
+    A key usually names one send. Logins and logouts reuse theirs every
+    session, so a key sent again keeps its last few times (a list): a late
+    receipt still finds the send that caused it, not the one after.
     Insertion-ordered with re-logged keys moved to the end, so the oldest
     entries are always at the front and pruning stops at the first young one.
     """
 
     __slots__ = ("times", "retention_s")
 
+    HISTORY = 4
+
     def __init__(self, retention_s: float) -> None:
-        self.times: dict[int, float] = {}
+        self.times: dict[int, float | list[float]] = {}
         self.retention_s = retention_s
 
     def record(self, key: int, t: float) -> None:
         times = self.times
-        times.pop(key, None)
-        times[key] = t
+        previous = times.pop(key, None)
+        if previous is None:
+            times[key] = t
+        elif isinstance(previous, float):
+            times[key] = [previous, t]
+        else:
+            previous.append(t)
+            if len(previous) > self.HISTORY:
+                del previous[0]
+            times[key] = previous
 
     def record_many(self, keys: array, times: array) -> None:
         record = self.record
         for key, t in zip(keys, times, strict=True):
             record(key, t)
 
-    def get(self, key: int) -> float | None:
-        return self.times.get(key)
+    def sent_before(self, key: int, arrival: float) -> float | None:
+        """The latest send of `key` not after `arrival`, if logged."""
+        entry = self.times.get(key)
+        if entry is None:
+            return None
+        if isinstance(entry, float):
+            return entry if entry <= arrival else None
+        for t in reversed(entry):
+            if t <= arrival:
+                return t
+        return None
 
     def prune(self, now: float) -> None:
         cutoff = now - self.retention_s
         times = self.times
         old = []
-        for key, t in times.items():
-            if t >= cutoff:
+        for key, entry in times.items():
+            if (entry if isinstance(entry, float) else entry[-1]) >= cutoff:
                 break
             old.append(key)
         for key in old:
@@ -212,8 +234,8 @@ class Matcher:
 
     def match(self, key: int, arrival: float, since: float) -> bool:
         """False if the cause is not (yet) in the log."""
-        sent = self.log.times.get(key)
-        if sent is None or sent > arrival:
+        sent = self.log.sent_before(key, arrival)
+        if sent is None:
             return False
         if sent < since:
             self.excluded += 1

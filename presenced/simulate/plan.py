@@ -44,7 +44,7 @@ class SimConfig:
     area: tuple[int, int, int, int] = DEFAULT_AREA
     churn_per_hour: float = 2.0
     reconnect_delay_s: float = 10.0
-    ramp: float = 500.0
+    ramp: float = 100.0
     processes: int = 1
     source_addresses: tuple[str, ...] = ()
     connect_timeout_s: float = 10.0

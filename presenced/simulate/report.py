@@ -19,6 +19,8 @@ from presenced.simulate.plan import SimConfig
 
 # Undelivered updates described in the summary (all are counted).
 EXAMPLES = 10
+# Error details shown per kind.
+SAMPLES = 5
 
 
 @dataclass
@@ -28,8 +30,9 @@ class Totals:
     counters: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[str]] = field(default_factory=dict)
+    # notify, online, offline (as measure.KINDS), then login durations.
     histograms: tuple[Histogram, ...] = field(
-        default_factory=lambda: tuple(Histogram() for _ in KINDS))
+        default_factory=lambda: tuple(Histogram() for _ in range(len(KINDS) + 1)))
     matched: list[int] = field(default_factory=lambda: [0, 0, 0])
     excluded: int = 0
     unmatched: int = 0
@@ -94,15 +97,14 @@ def build_summary(
     subscribers: int,
     friendships: int,
     totals: Totals,
-    load_counters: tuple[Counter[str], Counter[str]],
+    rates: Counter[str],
+    connected_at_stop: int,
     phases: dict[str, float],
     peak_connections: int,
     convergence: Convergence,
     workers: list[dict[str, Any]],
     seeded: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    at_load, at_stop = load_counters
-    duration = max(1e-9, phases["load"])
     c = totals.counters
     errors = Counter(totals.errors)
     if convergence.not_friends:
@@ -117,18 +119,19 @@ def build_summary(
         "processes": config.processes,
         "targets": list(config.targets),
         "connections": peak_connections,
-        "connections_at_stop": at_stop["connected"],
+        "connections_at_stop": connected_at_stop,
         "logins": c["logins"],
         "login_attempts": c["login_attempts"],
         "login_errors": c["login_errors"],
         "churn_disconnects": c["churn_disconnects"],
         "heartbeats": c["heartbeats"],
-        "heartbeats_per_s": round((at_stop["heartbeats"] - at_load["heartbeats"]) / duration, 2),
+        "heartbeats_per_s": round(rates["heartbeats"], 2),
         "updates": c["updates"],
-        "updates_per_s": round((at_stop["updates"] - at_load["updates"]) / duration, 2),
+        "updates_per_s": round(rates["updates"], 2),
         "notify_latency_ms": totals.histograms[0].summary(),
         "online_latency_ms": totals.histograms[1].summary(),
         "offline_latency_ms": totals.histograms[2].summary(),
+        "login_ms": totals.histograms[3].summary(),
         "live_updates": {
             "position": totals.matched[0],
             "online": totals.matched[1],
@@ -139,7 +142,8 @@ def build_summary(
         "foreign_updates": c["foreign_updates"],
         "errors": error_count,
         "error_breakdown": dict(sorted(errors.items())),
-        "error_samples": {k: v for k, v in sorted(totals.samples.items()) if k in errors},
+        "error_samples": {k: v[:SAMPLES] for k, v in sorted(totals.samples.items())
+                          if k in errors},
         "undelivered": convergence.undelivered,
         "undelivered_examples": convergence.examples,
         "checked_subscribers": convergence.receivers,
@@ -186,6 +190,7 @@ def summary_table(s: dict[str, Any]) -> Table:
     table.add_row("notify latency", _latency_row(s["notify_latency_ms"]))
     table.add_row("online latency", _latency_row(s["online_latency_ms"]))
     table.add_row("offline latency", _latency_row(s["offline_latency_ms"]) + " incl. grace")
+    table.add_row("login time", _latency_row(s["login_ms"]))
     live = s["live_updates"]
     table.add_row("live updates", f"{live['position']:,} moves, {live['online']:,} online, "
                                   f"{live['offline']:,} offline; {s['snapshot_updates']:,} "
@@ -196,6 +201,12 @@ def summary_table(s: dict[str, Any]) -> Table:
                                  f"friend views checked ({s['checked_subscribers']:,} "
                                  "subscribers)")
     for w in s["workers"]:
-        table.add_row(f"worker {w['id']}", f"{w['users']:,} users, {w['cpu_percent']:.0f} % CPU "
-                                           f"during load, {w['rss_mib']:.0f} MiB RSS")
+        text = (f"{w['users']:,} users, {w['cpu_percent']:.0f} % CPU during load, "
+                f"{w['rss_mib']:.0f} MiB RSS")
+        gc = w.get("gc")
+        if gc:
+            # Its own pauses delay what it receives: read latency with them in mind.
+            text += (f", GC {gc['seconds']:.1f} s during load (longest pause "
+                     f"{max(gc['max_pause_ms']):.0f} ms)")
+        table.add_row(f"worker {w['id']}", text)
     return table

@@ -94,12 +94,14 @@ class VirtualUser:
         counters = worker.counters
         counters.login_attempts += 1
         self.accepted = None
-        worker.log_send(self.sender | ONLINE, time.monotonic())
+        started = time.monotonic()
+        worker.log_send(self.sender | ONLINE, started)
         try:
             async with PresenceClient.connect(
                 self.target, self.identity, local_address=self.source,
                 connect_timeout=worker.config.connect_timeout_s,
             ) as client:
+                worker.login_latency.add((time.monotonic() - started) * 1000.0)
                 self.connected = True
                 counters.logins += 1
                 counters.connected += 1
@@ -165,7 +167,8 @@ class VirtualUser:
         if key != self.accepted:
             worker.log_send(self.sender | key, time.monotonic())
         counters.heartbeats += 1
-        response = await client.heartbeat_raw(payload)
+        with trio.fail_after(worker.config.connect_timeout_s):
+            response = await client.heartbeat_raw(payload)
         outcome = response.WhichOneof("response")
         if outcome == "position":
             self.accepted = key
@@ -217,7 +220,9 @@ def classify(e: BaseException, login: bool) -> tuple[str, str]:
             reason = f"{type(leaf).__name__}: {cause or leaf}"
             return "connect-failed", reason
         if isinstance(leaf, trio.TooSlowError):
-            return "login-timeout", "no SERVER_READY or module within --connect-timeout"
+            if login:
+                return "login-timeout", "no SERVER_READY or module within --connect-timeout"
+            return "heartbeat-timeout", "no answer to a heartbeat within --connect-timeout"
         if isinstance(leaf, (ConnectionClosed, OSError, trio.BrokenResourceError)):
             return "connection-lost", f"{type(leaf).__name__}: {leaf}"
     first = leaves[0] if leaves else e

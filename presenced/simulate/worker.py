@@ -42,6 +42,7 @@ from presenced.simulate.measure import (
     ONLINE,
     SENDER_SHIFT,
     UNKNOWN,
+    Histogram,
     Matcher,
     ReceiptBuffer,
     SendLog,
@@ -59,6 +60,11 @@ CLOSE_TIMEOUT_S = 10.0
 # Error details kept per kind for the report.
 SAMPLES_PER_KIND = 3
 _ONLINE_STATUS = pb.ONLINE
+# Objects allocated between young collections, as the daemon sets it. With
+# thousands of connections a young collection still pauses this process for
+# 30-200 ms whatever the threshold (10,000 gave pauses as long as 50,000 and
+# three times the total): rare is best. GcWatch reports them.
+GC_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,35 @@ class Counters:
         return {name: getattr(self, name) for name in self.FIELDS}
 
 
+class GcWatch:
+    """Time spent in the garbage collector during the load phase: its pauses
+    delay every receipt here and would be counted as notify latency, so the
+    report shows them."""
+
+    __slots__ = ("started", "total_s", "max_s", "collections")
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total_s = 0.0
+        self.max_s = [0.0, 0.0, 0.0]  # per generation
+        self.collections = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self.started
+        generation = info["generation"]
+        self.total_s += pause
+        self.max_s[generation] = max(self.max_s[generation], pause)
+        self.collections[generation] += 1
+
+    def reset(self) -> None:
+        self.total_s = 0.0
+        self.max_s = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+
+
 class Worker:
     def __init__(
         self, spec: WorkerSpec, identities: dict[int, Any], to_parent: Connection,
@@ -102,6 +137,8 @@ class Worker:
         self.error_samples: dict[str, list[str]] = {}
         self.log = SendLog(config.retention_s)
         self.matcher = Matcher(self.log)
+        # From starting to connect to the module being loaded (all logins).
+        self.login_latency = Histogram()
         self.receipts = ReceiptBuffer()
         # Only needed when receivers live in other processes.
         self.ship_sends = config.processes > 1
@@ -119,6 +156,11 @@ class Worker:
         self.exiting = False
         self.attempts = 0
         self.quiet = 0
+        self.gc = GcWatch()
+        gc.callbacks.append(self.gc)
+        # Counters and CPU when the load phase started and stopped, taken
+        # here: the parent's copies can be late when this loop is busy.
+        self.marks: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ main loop
 
@@ -128,18 +170,20 @@ class Worker:
         self._outbox, outbox = trio.open_memory_channel[object](math.inf)
         async with trio.open_nursery() as outer:
             outer.start_soon(self._sender, outbox)
-            async with trio.open_nursery() as root:
+            try:
                 message = await self._recv()
-                if message[0] != "go":
-                    return
-                self.index_of = {address: i for i, address in enumerate(message[1])}
-                root.start_soon(self._control)
-                root.start_soon(self._reporter)
-                await self._drive()
-                root.cancel_scope.cancel()
-            self.send(self._stats())
-            self.send(("bye", self.id))
-            await self._outbox.aclose()
+                if message[0] == "go":
+                    self.index_of = {address: i for i, address in enumerate(message[1])}
+                    async with trio.open_nursery() as root:
+                        root.start_soon(self._control)
+                        root.start_soon(self._reporter)
+                        await self._drive()
+                        root.cancel_scope.cancel()
+                    self.send(self._stats())
+                self.send(("bye", self.id))
+            finally:
+                # Lets the sender drain what is queued and end.
+                self._outbox.close()
 
     async def _drive(self) -> None:
         rate = self.config.ramp / self.config.processes
@@ -164,12 +208,15 @@ class Worker:
             message = await self._recv()
             what = message[0]
             if what == "load":
+                self.marks["load"] = self._mark()
                 self.matcher.measure_from = message[1]
                 # Everything the ramp built lives until the end: keep it out
-                # of full collections, whose pauses would count as latency.
-                gc.collect()
+                # of collections, whose pauses would count as latency. (No
+                # gc.collect() first: with 5,000 connections it pauses ~1 s.)
                 gc.freeze()
+                self.gc.reset()
             elif what == "stop":
+                self.marks["stop"] = self._mark()
                 self._stop()
             elif what == "report":
                 self.send(self._stats())
@@ -295,6 +342,11 @@ class Worker:
 
     # ------------------------------------------------------------ reports
 
+    def _mark(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"t": time.monotonic(), "cpu_s": usage.ru_utime + usage.ru_stime,
+                "counters": self.counters.as_dict()}
+
     def _stats(self) -> tuple[str, int, dict[str, Any]]:
         matcher = self.matcher
         sends = (self.sent_keys, self.sent_times)
@@ -305,7 +357,7 @@ class Worker:
             "counters": self.counters.as_dict(),
             "errors": dict(self.errors),
             "samples": {k: list(v) for k, v in self.error_samples.items()},
-            "histograms": tuple(h.take() for h in matcher.histograms),
+            "histograms": (*(h.take() for h in matcher.histograms), self.login_latency.take()),
             "matched": list(matcher.matched),
             "excluded": matcher.excluded,
             "unmatched": matcher.unmatched,
@@ -314,6 +366,10 @@ class Worker:
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "rss_kib": usage.ru_maxrss,
             "users": len(self.users),
+            "marks": self.marks,
+            "gc": {"seconds": round(self.gc.total_s, 3),
+                   "collections": list(self.gc.collections),
+                   "max_pause_ms": [round(s * 1000.0, 1) for s in self.gc.max_s]},
         })
 
     def _final(self) -> dict[str, array]:
@@ -351,7 +407,7 @@ def worker_main(spec: WorkerSpec, to_parent: Connection, from_parent: Connection
         # milliseconds and show up as notify latency.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        gc.set_threshold(GC_THRESHOLD, 20, 100)
         worker = Worker(spec, identities, to_parent, from_parent)
         trio.run(worker.run)
     except BaseException:  # report anything, even a KeyboardInterrupt, then die
