@@ -24,18 +24,26 @@ class Presence:
 
     One snapshot is shared by every recipient of a change, so the wire
     encoding is cached on it (`wire`) and computed once, not per recipient.
+    `changed_ms` (never sent) is when the change it announces happened, for
+    measuring notify latency; None for snapshots that announce no change.
     """
 
-    __slots__ = ("address", "online", "position", "last_seen_ms", "wire")
+    __slots__ = ("address", "online", "position", "last_seen_ms", "wire", "changed_ms")
 
     def __init__(
-        self, address: str, online: bool, position: Position | None, last_seen_ms: int
+        self,
+        address: str,
+        online: bool,
+        position: Position | None,
+        last_seen_ms: int,
+        changed_ms: int | None = None,
     ) -> None:
         self.address = address
         self.online = online
         self.position = position
         self.last_seen_ms = last_seen_ms
         self.wire: bytes | None = None
+        self.changed_ms = changed_ms
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Presence):

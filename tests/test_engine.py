@@ -312,7 +312,7 @@ def test_remote_user_online_change_and_leave():
     assert drain(box) == {B: (True, P1)}
     w.engine.apply_remote(Presence(B, True, P1, w.now + 1000), "i2")
     assert drain(box) == {}
-    w.engine.apply_remote_leave(B, "i2")
+    w.engine.apply_remote_leave(B, "i2", w.now)
     assert drain(box) == {B: (False, None)}
 
 
@@ -327,7 +327,7 @@ def test_user_on_two_instances_stays_online_until_both_leave():
     w.engine.close_session(sb, w.now)
     w.advance(10_000)
     assert drain(box) == {}
-    w.engine.apply_remote_leave(B, "i2")
+    w.engine.apply_remote_leave(B, "i2", w.now)
     assert drain(box) == {B: (False, None)}
 
 

@@ -170,6 +170,11 @@ async def test_heartbeat_get_online_friends_and_live_updates(nursery):
                 assert friends[0].last_seen_ms > 0
             (gone,) = await updates.next_batch()
             assert (gone.address, gone.status) == (BOB.address, OFFLINE)
+    # Online, moved, offline: each timed from its change (the offline from
+    # the end of the grace, not from Bob's last heartbeat).
+    latency = srv.hub.metrics.notify_latency
+    assert latency.count == 3
+    assert latency.total < 1.0
 
 
 async def test_unchanged_heartbeat_tells_nobody(nursery):

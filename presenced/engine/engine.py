@@ -106,10 +106,10 @@ class _User:
         # whose subscriptions and GetOnlineFriends calls we serve.
         self.friends: set[str] | None = None
 
-    def snapshot(self) -> Presence:
+    def snapshot(self, changed_ms: int | None = None) -> Presence:
         if self.online:
-            return Presence(self.address, True, self.position, self.last_seen_ms)
-        return Presence(self.address, False, None, self.last_seen_ms)
+            return Presence(self.address, True, self.position, self.last_seen_ms, changed_ms)
+        return Presence(self.address, False, None, self.last_seen_ms, changed_ms)
 
 
 class PresenceEngine:
@@ -346,16 +346,16 @@ class PresenceEngine:
             self.stats.went_online += 1
             changed = True
         if changed:
-            self._notify(user)
+            self._notify(user, presence.last_seen_ms)
 
-    def apply_remote_leave(self, address: str, instance: str) -> None:
+    def apply_remote_leave(self, address: str, instance: str, now_ms: int) -> None:
         """Another instance no longer vouches for a user."""
         user = self._users.get(address)
         if user is None:
             return
         user.remote.discard(instance)
         if not user.remote and address not in self._owned and user.online:
-            self._go_offline(user)
+            self._go_offline(user, now_ms)
 
     def apply_expired(self, address: str, now_ms: int) -> None:
         """The store declared a user expired cluster-wide."""
@@ -369,7 +369,7 @@ class PresenceEngine:
             self._write(user, now_ms, changed=True)
         elif user.online:
             self.stats.expired += 1
-            self._go_offline(user)
+            self._go_offline(user, now_ms)
 
     def reconcile(self, records: Iterable[tuple[Presence, frozenset[str]]], now_ms: int) -> None:
         """Align the mirror with a full snapshot of the store.
@@ -403,14 +403,14 @@ class PresenceEngine:
                 self.stats.went_online += 1
                 changed = True
             if user.online and not owners and not owned:
-                self._go_offline(user)
+                self._go_offline(user, now_ms)
             elif changed:
-                self._notify(user)
+                self._notify(user, now_ms)
         for address in [a for a, u in self._users.items() if u.remote and a not in seen]:
             user = self._users[address]
             user.remote.clear()
             if address not in self._owned and user.online:
-                self._go_offline(user)
+                self._go_offline(user, now_ms)
 
     # -------------------------------------------------------------------- time
 
@@ -455,7 +455,7 @@ class PresenceEngine:
             self.stats.went_online += 1
             changed = True
         if changed:
-            self._notify(user)
+            self._notify(user, now_ms)
         if changed or force_write or newly_owned:
             self._write(user, now_ms, changed)
         elif now_ms - user.written_ms >= self._touch_write_ms:
@@ -479,14 +479,14 @@ class PresenceEngine:
         self._grace.pop(user.address, None)
         self._write_op(PresenceLeave(user.address, user.last_seen_ms))
         if user.online and not user.remote:
-            self._go_offline(user)
+            self._go_offline(user, now_ms)
         elif not user.sessions and not user.remote:
             self._forget(user)
 
-    def _go_offline(self, user: _User) -> None:
+    def _go_offline(self, user: _User, now_ms: int) -> None:
         user.online = False
         self.stats.went_offline += 1
-        self._notify(user)
+        self._notify(user, now_ms)
         if not user.sessions:
             self._forget(user)
 
@@ -494,11 +494,11 @@ class PresenceEngine:
         if not user.sessions and not user.remote and user.address not in self._owned:
             self._users.pop(user.address, None)
 
-    def _notify(self, user: _User) -> None:
+    def _notify(self, user: _User, changed_ms: int) -> None:
         boxes = self._watchers.get(user.address)
         if not boxes:
             return
-        presence = user.snapshot()
+        presence = user.snapshot(changed_ms)
         coalesced = 0
         for box in boxes:
             coalesced += box.put(presence)

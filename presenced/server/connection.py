@@ -111,14 +111,11 @@ class _OnlineFriendsStream(_Stream):
 
 
 class _SubscriptionStream(_Stream):
-    __slots__ = ("mailbox", "snapshot_left")
+    __slots__ = ("mailbox",)
 
     def __init__(self, conn: Connection, stream_id: int, mailbox: Mailbox) -> None:
         super().__init__(conn, stream_id)
         self.mailbox = mailbox
-        # The first updates are the friends already online, not live changes:
-        # they are left out of the notify-latency histogram.
-        self.snapshot_left = len(mailbox.pending)
         mailbox.on_ready = self._pump_safely
 
     def _pump_safely(self) -> None:
@@ -157,13 +154,14 @@ class _SubscriptionStream(_Stream):
         metrics = conn.hub.metrics
         metrics.updates_delivered += len(batch)
         metrics.stream_items_sent += 1
-        if self.snapshot_left > 0:
-            self.snapshot_left -= len(batch)
-        else:
-            now = conn.hub.now_ms()
-            observe = metrics.notify_latency.observe
-            for presence in batch:
-                observe(max(0, now - presence.last_seen_ms) / 1000.0)
+        # Only changes are timed: snapshots of friends already online (at
+        # subscribe time, or a new friendship) announce no change.
+        now = conn.hub.now_ms()
+        observe = metrics.notify_latency.observe
+        for presence in batch:
+            changed = presence.changed_ms
+            if changed is not None:
+                observe(max(0, now - changed) / 1000.0)
         conn.flush()
 
     def cancel(self) -> None:

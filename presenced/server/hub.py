@@ -123,7 +123,7 @@ class Hub:
             if isinstance(event, RemotePresence):
                 engine.apply_remote(event.presence, event.instance)
             elif isinstance(event, RemoteLeave):
-                engine.apply_remote_leave(event.address, event.instance)
+                engine.apply_remote_leave(event.address, event.instance, now)
             elif isinstance(event, Expired):
                 engine.apply_expired(event.address, now)
             elif isinstance(event, FriendshipChanged):
