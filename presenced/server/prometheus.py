@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from presenced import __version__
+from presenced.server.runtime import GC_PAUSES
 
 if TYPE_CHECKING:
     from presenced.server.hub import Hub
@@ -141,6 +142,18 @@ class HubCollector:
         yield _histogram("presenced_notify_latency_seconds",
                          "Time from a user's change to its delivery to a friend.",
                          m.notify_latency)
+        gc_pauses = HistogramMetricFamily(
+            "presenced_gc_pause_seconds",
+            "Garbage-collector pauses of this process, by generation.",
+            labels=["generation"],
+        )
+        for generation, histogram in GC_PAUSES.items():
+            gc_pauses.add_metric(
+                [str(generation)],
+                [(floatToGoString(b), c) for b, c in histogram.cumulative()],
+                histogram.total,
+            )
+        yield gc_pauses
 
         for attr, name, doc, label in STORE_COUNTERS:
             value = getattr(store, attr, None)
