@@ -50,6 +50,7 @@ from presenced.server.presence_module import (
     encode_heartbeat_outcome,
     encode_presences,
 )
+from presenced.server.ws_receiver import attach_receiver
 from presenced.server.ws_sender import FrameSender
 from presenced.store.base import StoreUnavailable
 
@@ -236,7 +237,15 @@ class Connection:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.sender.run)
-            await self._reader()
+            # Frames are handled in trio-websocket's reader task from here on;
+            # this task only waits for the end.
+            attach_receiver(self.ws, self._on_message)
+            try:
+                await self.ws.get_message()
+            except ConnectionClosed as e:
+                cause = self._closed_cause(e)
+                if self._close is None:
+                    self._close = (1000, "", cause)
             nursery.cancel_scope.cancel()
 
     def kill(self, code: int, reason: str, cause: str) -> None:
@@ -306,38 +315,39 @@ class Connection:
 
     # ------------------------------------------------------------ frames in
 
-    async def _reader(self) -> None:
-        ws = self.ws
-        rpc = self.rpc
-        hub = self.hub
-        current_time = trio.current_time
-        while True:
+    def _on_message(self, data: bytes | str) -> None:
+        """One inbound message; runs in trio-websocket's reader task, never raises."""
+        if self._close is not None:
+            return
+        if isinstance(data, str):
+            data = data.encode()
+        self.last_rx = trio.current_time()
+        try:
+            events = self.rpc.receive_frame(data)
+        except ProtocolError as e:
+            self.hub.metrics.bad_input["protocol-error"] += 1
+            self.kill(closecodes.PROTOCOL_ERROR, f"protocol error: {e}", "protocol-error")
+            return
+        except Exception:
+            self.hub.metrics.handler_errors += 1
+            log.exception("parsing a frame from %s failed", self._who())
+            self.kill(closecodes.INTERNAL_ERROR, "internal error", "error")
+            return
+        for event in events:
             try:
-                data = await ws.get_message()
-            except ConnectionClosed as e:
-                cause = self._closed_cause(e)
-                if self._close is None:
-                    self._close = (1000, "", cause)
-                return
-            if isinstance(data, str):
-                data = data.encode()
-            self.last_rx = current_time()
-            try:
-                events = rpc.receive_frame(data)
-            except ProtocolError as e:
-                hub.metrics.bad_input["protocol-error"] += 1
-                self.kill(closecodes.PROTOCOL_ERROR, f"protocol error: {e}", "protocol-error")
-                return
-            for event in events:
-                try:
-                    self._dispatch(event)
-                except Exception:
-                    hub.metrics.handler_errors += 1
-                    log.exception("handling %r from %s failed", event, self._who())
-                    number = getattr(event, "number", None) or getattr(event, "stream_id", None)
-                    if number is not None:
-                        self.rpc.fail(number, "internal error")
+                self._dispatch(event)
+            except Exception:
+                self.hub.metrics.handler_errors += 1
+                log.exception("handling %r from %s failed", event, self._who())
+                number = getattr(event, "number", None) or getattr(event, "stream_id", None)
+                if number is not None:
+                    self.rpc.fail(number, "internal error")
+        try:
             self.flush()
+        except Exception:
+            self.hub.metrics.handler_errors += 1
+            log.exception("sending to %s failed", self._who())
+            self.kill(closecodes.INTERNAL_ERROR, "internal error", "error")
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, StreamReady):
