@@ -44,9 +44,8 @@ async def test_frames_survive_partial_writes_and_interleaved_pings(nursery):
 
     async def handler(request):
         ws = await request.accept()
-        sender = FrameSender(ws, limit_bytes=64 * 1024 * 1024)
         async with trio.open_nursery() as inner:
-            inner.start_soon(sender.run)
+            sender = FrameSender(ws, 64 * 1024 * 1024, inner.start_soon)
             for frame in frames:
                 assert sender.send([frame])
             assert sender.pending_bytes > 0  # the kernel did not take it all
@@ -75,7 +74,7 @@ async def test_send_reports_a_full_queue(nursery):
 
     async def handler(request):
         ws = await request.accept()
-        sender = FrameSender(ws, limit_bytes=1024 * 1024)
+        sender = FrameSender(ws, 1024 * 1024, lambda task: None)
         big = b"x" * 200_000
         accepted = 0
         while sender.send([big]):

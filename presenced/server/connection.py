@@ -18,6 +18,7 @@ never into anyone else's latency.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 from google.protobuf.message import DecodeError
@@ -179,7 +180,7 @@ class Connection:
         self.session_id = 0
         self.rpc = RpcServerConnection(MODULES, hub.port_ids)
         self.streams: dict[int, _Stream] = {}
-        self.sender = FrameSender(ws, hub.config.send_queue_bytes)
+        self.sender = FrameSender(ws, hub.config.send_queue_bytes, self._spawn)
         # trio time of the last frame received; the hub's keepalive reads it.
         self.last_rx = trio.current_time()
         self._touched_rx = self.last_rx
@@ -232,11 +233,10 @@ class Connection:
         self.session_id = next(hub.session_ids)
         hub.engine.open_session(self.session_id, address, friends, hub.now_ms())
         hub.connections[self.session_id] = self
-        self.rpc.server_ready()
-        self.flush()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self.sender.run)
+            self.rpc.server_ready()
+            self.flush()
             # Frames are handled in trio-websocket's reader task from here on;
             # this task only waits for the end.
             attach_receiver(self.ws, self._on_message)
@@ -247,6 +247,11 @@ class Connection:
                 if self._close is None:
                     self._close = (1000, "", cause)
             nursery.cancel_scope.cancel()
+        self._nursery = None
+
+    def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(task)
 
     def kill(self, code: int, reason: str, cause: str) -> None:
         """End this connection from anywhere, without waiting (sync on purpose)."""

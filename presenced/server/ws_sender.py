@@ -13,13 +13,16 @@ To share the socket safely with trio-websocket's own sends (pongs, pings,
 the close handshake), the connection's stream lock is replaced by a
 `SendGate`: a mutex not owned by a task, so that the synchronous path can
 take it and, after a partial write, hand it to the writer, which finishes
-the frame before anyone else may write. This relies on three private
+the frame before anyone else may write. The writer is a task started only
+while bytes wait, so an idle connection costs no task for it. This relies
+on three private
 attributes of trio-websocket 0.12 (`_wsproto`, `_stream`, `_stream_lock`);
 the version is pinned and `tests/test_ws_sender.py` checks them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import trio
@@ -68,12 +71,21 @@ class SendGate:
 
 
 class FrameSender:
-    """Writes binary messages for one connection; `run()` is its writer task."""
+    """Writes binary messages for one connection.
+
+    `spawn` starts a task (the connection's nursery's `start_soon`); it is
+    used to start the writer when the kernel leaves bytes behind.
+    """
 
     __slots__ = ("_ws", "_wsproto", "_stream", "_sock", "_gate", "_pending", "_handoff",
-                 "_lot", "_limit", "broken")
+                 "_limit", "_spawn", "_writing", "broken")
 
-    def __init__(self, ws: WebSocketConnection, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        limit_bytes: int,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+    ) -> None:
         self._ws = ws
         self._wsproto = ws._wsproto
         self._stream = ws._stream
@@ -83,8 +95,9 @@ class FrameSender:
         self._pending = bytearray()
         # True while the writer owns the gate on behalf of a partial write.
         self._handoff = False
-        self._lot = trio.lowlevel.ParkingLot()
         self._limit = limit_bytes
+        self._spawn = spawn
+        self._writing = False
         self.broken = False
 
     @property
@@ -108,7 +121,7 @@ class FrameSender:
             if len(pending) + len(data) > self._limit:
                 return False
             pending += data
-            self._lot.unpark_all()
+            self._start_writer()
             return True
         try:
             sent = self._sock.send(data)
@@ -126,33 +139,35 @@ class FrameSender:
         # writer has sent the rest, so it inherits the gate.
         pending += memoryview(data)[sent:]
         self._handoff = True
-        self._lot.unpark_all()
+        self._start_writer()
         return True
 
-    async def run(self) -> None:
-        """Write whatever the fast path could not; ends on a broken socket."""
+    def _start_writer(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._spawn(self._write)
+
+    async def _write(self) -> None:
+        """Write what the fast path could not, then end."""
         pending = self._pending
         gate = self._gate
-        send_all = self._stream.send_all
-        while True:
-            if not pending:
-                await self._lot.park()
-                continue
+        try:
             if not self._handoff:
                 await gate.__aenter__()
             self._handoff = False
-            try:
-                while pending:
-                    chunk = bytes(pending)
-                    pending.clear()
-                    await send_all(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.broken = True
-                return
-            except BaseException:
-                # Cancelled, possibly in the middle of a frame: the gate stays
-                # held so that no other frame (not even the close) follows a
-                # partial one; the connection's close then just drops TCP.
-                self.broken = True
-                raise
-            gate.release()
+            while pending:
+                chunk = bytes(pending)
+                pending.clear()
+                await self._stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.broken = True
+            return
+        except BaseException:
+            # Cancelled, possibly in the middle of a frame: the gate stays
+            # held so that no other frame (not even the close) follows a
+            # partial one; the connection's close then just drops TCP.
+            self.broken = True
+            raise
+        finally:
+            self._writing = False
+        gate.release()
