@@ -85,7 +85,7 @@ def serve(
         help="Seconds any single Redis call may take (connect and socket timeouts).")] = 5.0,
     redis_flush_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_FLUSH_INTERVAL"), min=0.001,
-        help="Seconds between batched presence writes to Redis.")] = 0.1,
+        help="Seconds between batched presence writes to Redis.")] = 0.05,
     redis_resync_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_RESYNC_INTERVAL"), min=1,
         help="Seconds between full comparisons of local state with Redis.")] = 30.0,
