@@ -7,11 +7,9 @@ environment variable `PRESENCED_<OPTION>`.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
-import trio
 import typer
 
 from presenced import __version__
@@ -162,9 +160,7 @@ def serve(
 ) -> None:
     """Run the presence daemon."""
     from presenced.engine import EngineConfig
-    from presenced.errors import leaf_exceptions
-    from presenced.server.app import ConfigError
-    from presenced.server.app import serve as serve_forever
+    from presenced.server.app import ConfigError, run_until_signalled
     from presenced.server.config import ServerConfig
     from presenced.server.runtime import setup_logging, tune_gc
 
@@ -214,31 +210,14 @@ def serve(
 
         raise typer.Exit(supervise(config, log_level))
 
-    async def main() -> None:
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-
-            async def on_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        shutdown.set()
-                        return
-
-            nursery.start_soon(on_signals)
-            await serve_forever(config, shutdown)
-            nursery.cancel_scope.cancel()
-
     tune_gc()
     try:
-        trio.run(main)
-    except* ConfigError as group:
-        # Raised inside nested nurseries, so the group may nest: report the leaves.
-        for e in leaf_exceptions(group):
-            typer.echo(f"presenced: {e}", err=True)
+        run_until_signalled(config)
+    except ConfigError as e:
+        typer.echo(f"presenced: {e}", err=True)
         raise typer.Exit(2) from None
-    except* KeyboardInterrupt:
+    except KeyboardInterrupt:
         raise typer.Exit(130) from None
-
 
 
 # The operator tools: clients of the admin endpoint, one module per concern.

@@ -8,6 +8,7 @@ import socket
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
+from presenced.errors import leaf_exceptions
 from presenced.server import admin, closecodes
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
@@ -154,3 +155,34 @@ async def serve(
                 connections_scope.cancel()
         root.cancel_scope.cancel()
     await hub.store.aclose()
+
+
+def run_until_signalled(config: ServerConfig, *, reuse_port: bool = False) -> None:
+    """`serve` in a new trio loop until SIGINT or SIGTERM.
+
+    Raises ConfigError and KeyboardInterrupt bare, not wrapped in groups.
+    """
+    import signal
+
+    async def main() -> None:
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        shutdown.set()
+                        return
+
+            nursery.start_soon(on_signals)
+            await serve(config, shutdown, reuse_port=reuse_port)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except* ConfigError as group:
+        # Raised inside nested nurseries, so the group may nest.
+        raise leaf_exceptions(group)[0] from None
+    except* KeyboardInterrupt:
+        # A Ctrl-C before the signal receiver is installed.
+        raise KeyboardInterrupt from None

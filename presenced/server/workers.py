@@ -42,36 +42,18 @@ def _run_worker(config: ServerConfig, index: int, log_level: str) -> None:
     # Runs in a fresh interpreter (spawn): set up as `serve` would.
     import sys
 
-    import trio
-
-    from presenced.errors import leaf_exceptions
-    from presenced.server.app import ConfigError, serve
+    from presenced.server.app import ConfigError, run_until_signalled
     from presenced.server.runtime import setup_logging, tune_gc
 
     setup_logging(log_level)
     logging.getLogger("presenced").info("worker %d starting (pid %d)", index,
                                         multiprocessing.current_process().pid)
 
-    async def main() -> None:
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-
-            async def on_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        shutdown.set()
-                        return
-
-            nursery.start_soon(on_signals)
-            await serve(config, shutdown, reuse_port=True)
-            nursery.cancel_scope.cancel()
-
     tune_gc()
     try:
-        trio.run(main)
-    except* ConfigError as group:
-        for e in leaf_exceptions(group):
-            print(f"presenced: worker {index}: {e}", file=sys.stderr)
+        run_until_signalled(config, reuse_port=True)
+    except ConfigError as e:
+        print(f"presenced: worker {index}: {e}", file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT)
 
 
