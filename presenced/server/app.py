@@ -9,7 +9,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from presenced.errors import leaf_exceptions
-from presenced.server import admin, closecodes
+from presenced.server import admin, closecodes, runtime
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
 from presenced.server.hub import Hub
@@ -72,9 +72,14 @@ async def serve(
     *,
     store: Store | None = None,
     reuse_port: bool = False,
+    freeze_loaded_state: bool = False,
     task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown` is set, then close every connection with 1001."""
+    """Serve until `shutdown` is set, then close every connection with 1001.
+
+    `freeze_loaded_state` (the daemon, not tests sharing a process) moves
+    the state loaded at start-up out of the garbage collector's passes.
+    """
     problem = admin.admin_config_problem(config)
     if problem is not None:
         raise ConfigError(problem)
@@ -105,6 +110,8 @@ async def serve(
 
     async with trio.open_nursery() as root:
         await root.start(hub.run)
+        if freeze_loaded_state:
+            runtime.freeze_loaded_state()
         try:
             listeners = await open_listeners(config.host, config.port, reuse_port)
         except OSError as e:
@@ -175,7 +182,7 @@ def run_until_signalled(config: ServerConfig, *, reuse_port: bool = False) -> No
                         return
 
             nursery.start_soon(on_signals)
-            await serve(config, shutdown, reuse_port=reuse_port)
+            await serve(config, shutdown, reuse_port=reuse_port, freeze_loaded_state=True)
             nursery.cancel_scope.cancel()
 
     try:

@@ -33,21 +33,40 @@ def _time_gc(phase: str, info: dict[str, int]) -> None:
             )
 
 
+# Young-generation threshold. Measured (docs/performance.md): a young
+# collection's pause grows with the number of connections active since the
+# previous one, because every suspended task's await chain is re-created
+# (young) each time it wakes. Message traffic allocates and frees in balance
+# and never advances this count; logins and growth do. A high threshold makes
+# the pauses rare; the cyclic garbage it lets accumulate is small (a few
+# hundred objects per collection were freed under load).
+GC_THRESHOLDS = (200_000, 50, 1000)
+
+
 def tune_gc() -> None:
-    """Make garbage collection rare and cheap for a long-lived server.
+    """Make garbage collection rare for a long-lived server with many tasks.
 
     With default thresholds, a server holding 10k connections spent over half
-    its time in the collector (pauses up to 0.7 s, see the stack notes): each
-    connection owns ~100 tracked objects and allocation churn kept triggering
-    full collections. Raising the young-generation threshold makes
-    collections rare, and freezing what exists after start-up (modules,
-    configuration, loaded state) keeps it out of every later full pass.
+    its time in the collector (pauses up to 0.7 s, see the stack notes).
+    Raising the thresholds makes collections rare, and freezing what exists
+    at start-up (modules, configuration) keeps it out of every later pass.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     if _time_gc not in gc.callbacks:
         gc.callbacks.append(_time_gc)
+
+
+def freeze_loaded_state() -> None:
+    """Move what the daemon loaded at start (the store's picture) out of GC passes.
+
+    Called once, when the store is ready and before connections arrive: the
+    mirror of everyone online (100k users from Redis) is long-lived and would
+    otherwise be traversed by every older-generation collection.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def setup_logging(level: str) -> None:
