@@ -1,9 +1,9 @@
 """One virtual user's life over a real WebSocket: log in, beat, move, listen, churn.
 
-A user is a single task while it waits (plus the client's reader and, when
-it subscribes, one listener task per connection): nothing is spawned per
-heartbeat or per update. Its worker owns the shared state (counters, send
-log, receipts); the user only calls into it.
+A user is a single task while it waits, plus its connection's reader, which
+hands every stream item to the worker synchronously (see `wire`): nothing is
+spawned per heartbeat or per update. Its worker owns the shared state
+(counters, send log, receipts); the user only calls into it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from google.protobuf.message import DecodeError
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from presenced.auth.identity import Identity
-from presenced.client import ConnectionEnded, PresenceClient, RemoteError
+from presenced.client import ConnectionEnded, RemoteError
 from presenced.rpc.frames import ProtocolError
 from presenced.simulate.measure import OFFLINE, ONLINE, SENDER_SHIFT, unpack_position
 from presenced.simulate.plan import UserPlan
+from presenced.simulate.wire import StreamEndedError, WireClient
 from presenced.v1 import presence_pb2 as pb
 
 if TYPE_CHECKING:
@@ -32,10 +33,6 @@ _CLEAN_CLOSE = {1000}
 # Seconds to wait before logging in again after a failure (scaled by --speed
 # like any other interval, but never below this floor).
 _RETRY_FLOOR_S = 0.5
-
-
-class StreamEndedError(Exception):
-    """The server ended a subscription stream that should run forever."""
 
 
 class VirtualUser:
@@ -97,7 +94,7 @@ class VirtualUser:
         started = time.monotonic()
         worker.log_send(self.sender | ONLINE, started)
         try:
-            async with PresenceClient.connect(
+            async with WireClient.connect(
                 self.target, self.identity, local_address=self.source,
                 connect_timeout=worker.config.connect_timeout_s,
             ) as client:
@@ -108,11 +105,9 @@ class VirtualUser:
                 self._attempt_done()
                 try:
                     await self._heartbeat(client, self.plan.spawn())
-                    async with trio.open_nursery() as nursery:
-                        if self.subscriber:
-                            nursery.start_soon(self._listen, client)
-                        await self._live(client)
-                        nursery.cancel_scope.cancel()
+                    if self.subscriber:
+                        self._subscribe(client)
+                    await self._live(client)
                 finally:
                     self._disconnected()
             return self.plan.offline_gap()
@@ -135,7 +130,7 @@ class VirtualUser:
             self.view = None
             self.worker.counters.subscribed -= 1
 
-    async def _live(self, client: PresenceClient) -> None:
+    async def _live(self, client: WireClient) -> None:
         """Beat and move until churn ends the session or the worker stops."""
         worker = self.worker
         plan = self.plan
@@ -152,7 +147,7 @@ class VirtualUser:
                 return
             await self._heartbeat(client, plan.next_position())
 
-    async def _heartbeat(self, client: PresenceClient, key: int | None) -> None:
+    async def _heartbeat(self, client: WireClient, key: int | None) -> None:
         worker = self.worker
         counters = worker.counters
         if key is None:
@@ -177,17 +172,18 @@ class VirtualUser:
             detail = getattr(response, outcome).message if outcome else "empty response"
             worker.record_error((outcome or "empty-response").replace("_", "-"), detail, self)
 
-    async def _listen(self, client: PresenceClient) -> None:
+    def _subscribe(self, client: WireClient) -> None:
+        """From now on the connection's reader hands each stream item to the worker.
+
+        The stream ending or failing ends the session (the client raises),
+        and the error is classified like any other.
+        """
         worker = self.worker
         self.view = {}
         worker.counters.subscribed += 1
         self.since = time.monotonic()
-        async with client.subscribe() as subscription:
-            while True:
-                batch = await subscription.next_batch()
-                if batch is None:
-                    raise StreamEndedError("the server ended the subscription stream")
-                worker.on_updates(self, batch, time.monotonic())
+        on_updates = worker.on_updates
+        client.subscribe(lambda batch, now: on_updates(self, batch, now))
 
     def _attempt_done(self) -> None:
         if not self.attempted:

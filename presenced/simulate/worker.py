@@ -29,12 +29,14 @@ import time
 import traceback
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import trio
 
+from presenced.simulate.alarms import Alarms
 from presenced.simulate.measure import (
     COORD_MAX,
     COORD_MIN,
@@ -152,6 +154,7 @@ class Worker:
             target, source = connection_slot(config, order)
             self.users.append(VirtualUser(self, index, identities[index], target, source,
                                           subscriber))
+        self.alarms = Alarms()
         self.stopping = False
         self.exiting = False
         self.attempts = 0
@@ -175,6 +178,7 @@ class Worker:
                 if message[0] == "go":
                     self.index_of = {address: i for i, address in enumerate(message[1])}
                     async with trio.open_nursery() as root:
+                        root.start_soon(self.alarms.run)
                         root.start_soon(self._control)
                         root.start_soon(self._reporter)
                         await self._drive()
@@ -231,6 +235,7 @@ class Worker:
         if not self.stopping:
             self.stopping = True
             self.stop_event.set()
+            self.alarms.wake_all()
             if self.quiet == len(self.users):
                 self.send(("stopped", self.id))
 
@@ -263,8 +268,7 @@ class Worker:
         """Sleep until `deadline` (trio time); True if the run stopped meanwhile."""
         if self.stopping:
             return True
-        with trio.move_on_at(deadline):
-            await self.stop_event.wait()
+        await self.alarms.sleep_until(deadline)
         return self.stopping
 
     def attempt_done(self) -> None:
@@ -300,7 +304,7 @@ class Worker:
         if len(samples) < SAMPLES_PER_KIND:
             samples.append(f"{user.identity.address}: {detail}")
 
-    def on_updates(self, user: VirtualUser, batch: list[pb.UserPresence], now: float) -> None:
+    def on_updates(self, user: VirtualUser, batch: Sequence[pb.UserPresence], now: float) -> None:
         """Apply a stream item to the receiver's view and match it to its causes."""
         view = user.view
         if view is None or self.exiting:
@@ -322,11 +326,14 @@ class Worker:
                 if update.HasField("position"):
                     p = update.position
                     realm = realm_ids.get(p.realm)
-                    if realm is None or not (COORD_MIN <= p.x <= COORD_MAX
-                                             and COORD_MIN <= p.y <= COORD_MAX):
+                    # Each field read builds a Python object: read each once.
+                    x = p.x
+                    y = p.y
+                    if realm is None or not (COORD_MIN <= x <= COORD_MAX
+                                             and COORD_MIN <= y <= COORD_MAX):
                         key = UNKNOWN
                     else:
-                        key = position_key(realm, p.x, p.y)
+                        key = position_key(realm, x, y)
                 else:
                     key = ONLINE
                 view[sender] = key
