@@ -15,15 +15,19 @@ there for the end. Like `ws_sender`, this relies on private attributes of
 trio-websocket 0.12 (`_send_channel`, `_recv_channel`), pinned and checked
 by tests/test_ws_receiver.py.
 
-`attach_receiver` also gives the reader a leaner `receive_some`. trio's
-socket receive first tries `recv()` (the reader has just emptied the socket,
-so that is nearly always a wasted EAGAIN), then waits, receives, and finally
-yields once more to the scheduler whether it had to wait or not. On an
-established connection every message arrives after a wait, so waiting first
-and receiving once saves a system call and a scheduler round trip per
-inbound message (a third of a delivered update's cost is its ACK coming in).
-Waiting first also keeps the reader from starving other tasks: every call
-is a checkpoint.
+`attach_receiver` also gives the reader its own `receive_some`, which does
+two things before trio-websocket sees any bytes:
+
+- it reads the common frames itself (`ws_frames.InboundFrames`: complete
+  binary messages) and hands them to the handler at once, so that wsproto
+  and trio-websocket only see control frames and anything unusual;
+- it waits before it receives. trio's socket receive first tries `recv()`
+  (right after the reader emptied the socket that is nearly always a wasted
+  EAGAIN), then waits, receives, and yields once more to the scheduler. On
+  an established connection every message arrives after a wait; waiting
+  first saves a system call and a scheduler round trip per inbound message,
+  and every call is still a checkpoint, so a flooding client cannot starve
+  other tasks.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from types import TracebackType
 
 import trio
 from trio_websocket import WebSocketConnection
+
+from presenced.server.ws_frames import InboundFrames
 
 MessageHandler = Callable[[bytes | str], None]
 
@@ -72,21 +78,42 @@ class _DirectSend:
 
 
 class _LeanReceiveStream:
-    """trio-websocket's SocketStream with a receive that waits first (see above).
+    """trio-websocket's SocketStream with the `receive_some` described above.
 
-    Everything but `receive_some` is the wrapped stream's own.
+    Everything else is the wrapped stream's own.
     """
 
-    __slots__ = ("_stream", "_sock")
+    __slots__ = ("_ws", "_stream", "_sock", "_frames", "_handle")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, ws: WebSocketConnection, stream: trio.SocketStream,
+                 frames: InboundFrames, handle: MessageHandler) -> None:
+        self._ws = ws
         self._stream = stream
         self._sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+        self._frames = frames
+        self._handle = handle
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """The next bytes for wsproto, after handling the messages before them."""
+        frames = self._frames
+        if not frames.in_sync and _between_messages(self._ws):
+            frames.synced()
+        feed = frames.feed
+        handle = self._handle
+        while True:
+            data = await self._receive(max_bytes)
+            if not data:
+                return data
+            messages, through = feed(data)
+            for message in messages:
+                handle(message)
+            if through:
+                return through
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
         sock = self._sock
         if sock.fileno() < 0:
             raise trio.ClosedResourceError("the socket was closed")
@@ -103,6 +130,21 @@ class _LeanReceiveStream:
                 raise trio.BrokenResourceError(e) from e
 
 
+def _between_messages(ws: WebSocketConnection) -> bool:
+    """wsproto holds no part of a frame and is not inside a fragmented message.
+
+    Reads wsproto 1.x internals; if they are not where expected, the answer
+    is no, and wsproto keeps reading every frame, as without this module.
+    """
+    try:
+        proto = ws._wsproto.connection._proto  # type: ignore[attr-defined]
+        frame_decoder = proto._frame_decoder
+        return (frame_decoder.header is None and not len(frame_decoder.buffer)
+                and proto._message_decoder.opcode is None)
+    except AttributeError:
+        return False
+
+
 def attach_receiver(ws: WebSocketConnection, handle: MessageHandler) -> None:
     """From now on, call `handle(message)` for every message `ws` receives.
 
@@ -110,7 +152,8 @@ def attach_receiver(ws: WebSocketConnection, handle: MessageHandler) -> None:
     """
     stream = ws._stream  # type: ignore[attr-defined]
     if isinstance(stream, trio.SocketStream):
-        ws._stream = _LeanReceiveStream(stream)  # type: ignore[attr-defined]
+        frames = InboundFrames(ws._max_message_size)  # type: ignore[attr-defined]
+        ws._stream = _LeanReceiveStream(ws, stream, frames, handle)  # type: ignore[attr-defined]
     original: trio.MemorySendChannel = ws._send_channel  # type: ignore[attr-defined]
     queued: trio.MemoryReceiveChannel = ws._recv_channel  # type: ignore[attr-defined]
     ws._send_channel = _DirectSend(handle, original)  # type: ignore[assignment]

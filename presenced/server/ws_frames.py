@@ -1,0 +1,147 @@
+"""The common case of inbound WebSocket frames, read without wsproto (no I/O).
+
+Nearly every frame a logged-in client sends is one small, complete, masked
+binary message: a heartbeat request or a stream ACK. wsproto reads each
+through a generic frame parser, a message decoder and event objects, and
+trio-websocket then joins message parts and awaits a channel: together about
+a fifth of the server's CPU per delivered update (each update is answered by
+an ACK). `InboundFrames` takes those frames out of the byte stream itself
+and leaves everything else to wsproto:
+
+- a complete, final (FIN), masked binary frame without RSV bits, no longer
+  than `max_message_bytes` and not inside a fragmented message, is unmasked
+  and returned as a message;
+- any other frame (text, control frames such as ping, pong and close,
+  fragments, unmasked or RSV frames, oversized frames) and everything after
+  it in the same chunk is passed through, byte for byte, for wsproto to read,
+  so that it produces exactly the events and errors it always did.
+
+A splitter starts unsynchronized: wsproto may hold part of a frame received
+before the splitter took over, so everything passes through until the owner
+has seen wsproto's buffer empty at a message boundary and calls `synced()`.
+
+Messages returned by one `feed` come before its pass-through bytes in the
+stream, so handling the messages first and then giving the bytes to wsproto
+keeps the order. wsproto only ever receives whole frames (or the rest of a
+frame it has begun, for frames too large to hold back), so its buffer is at
+a frame boundary whenever the splitter reads a frame itself.
+"""
+
+from __future__ import annotations
+
+_FIN = 0x80
+_RSV = 0x70
+_OPCODE = 0x0F
+_MASKED = 0x80
+_OP_CONTINUATION = 0x0
+_OP_BINARY = 0x2
+_OP_CONTROL = 0x8  # opcodes from 0x8 up are control frames
+
+# Per 4-byte word count k: the masking key repeated k times, as one int.
+_REPEAT = [sum(1 << (32 * i) for i in range(k)) for k in range(32)]
+_SMALL = 4 * (len(_REPEAT) - 1)
+
+
+def unmask(key: int, payload: bytes) -> bytes:
+    """`payload` XOR the 4-byte masking key `key` (big-endian int), repeated."""
+    n = len(payload)
+    if not n:
+        return b""
+    if n <= _SMALL:
+        k = (n + 3) >> 2
+        mask = (key * _REPEAT[k]) >> ((k * 4 - n) * 8)
+    else:
+        mask = int.from_bytes((key.to_bytes(4, "big") * ((n + 3) >> 2))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
+
+
+class InboundFrames:
+    """Splits one connection's inbound bytes into messages and bytes for wsproto."""
+
+    __slots__ = ("max_message_bytes", "in_sync", "_held", "_through", "_fragmented")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.in_sync = False
+        # The start of a frame not yet complete (or whose header is not): kept
+        # back until it is, which is safe because whatever went to wsproto
+        # before it ended at a frame boundary.
+        self._held = b""
+        # Bytes still to pass through of a frame wsproto has begun.
+        self._through = 0
+        # wsproto is inside a fragmented message (until a final continuation).
+        self._fragmented = False
+
+    def synced(self) -> None:
+        """wsproto has consumed everything so far and is between messages."""
+        self.in_sync = True
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
+        """(messages read here, bytes for wsproto after them)."""
+        if not self.in_sync:
+            return [], data
+        messages: list[bytes] = []
+        out: list[bytes] = []
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._through:
+                take = min(self._through, end - pos)
+                out.append(data[pos : pos + take])
+                self._through -= take
+                pos += take
+                continue
+            if end - pos < 2:
+                self._held = data[pos:]
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    self._held = data[pos:]
+                    break
+                n = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                head = 4
+            elif n == 127:
+                if end - pos < 10:
+                    self._held = data[pos:]
+                    break
+                n = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                head = 10
+            masked = b1 & _MASKED
+            if masked:
+                head += 4
+            size = head + n
+            opcode = b0 & _OPCODE
+            fast = (
+                not out
+                and not self._fragmented
+                and b0 & (_FIN | _RSV | _OPCODE) == _FIN | _OP_BINARY
+                and masked
+                and n <= self.max_message_bytes
+            )
+            if fast:
+                if end - pos < size:
+                    self._held = data[pos:]
+                    break
+                key = int.from_bytes(data[pos + head - 4 : pos + head], "big")
+                messages.append(unmask(key, data[pos + head : pos + size]))
+                pos += size
+                continue
+            # wsproto's frame: track fragmentation as it will see it.
+            if opcode < _OP_CONTROL:
+                if b0 & _FIN:
+                    if opcode == _OP_CONTINUATION:
+                        self._fragmented = False
+                elif opcode != _OP_CONTINUATION:
+                    self._fragmented = True
+            take = min(size, end - pos)
+            out.append(data[pos : pos + take])
+            self._through = size - take
+            pos += take
+        return messages, b"".join(out)
