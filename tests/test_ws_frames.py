@@ -237,3 +237,12 @@ async def test_over_a_real_connection_messages_are_read_by_the_splitter(nursery)
 
 def test_opcode_names_used_here_are_wsprotos():
     assert Opcode.BINARY == 0x2 and Opcode.CONTINUATION == 0x0 and Opcode.PING == 0x9
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_binary_frame_is_what_wsproto_writes(n):
+    from presenced.server.ws_frames import binary_frame
+
+    server = Connection(ConnectionType.SERVER)
+    payload = random.Random(n).randbytes(n)
+    assert binary_frame(payload) == server.send(BytesMessage(data=payload))

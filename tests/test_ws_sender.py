@@ -75,6 +75,8 @@ async def test_send_reports_a_full_queue(nursery):
     async def handler(request):
         ws = await request.accept()
         sender = FrameSender(ws, 1024 * 1024, lambda task: None)
+        # No extension was negotiated: frames are written without wsproto.
+        result["plain"] = sender._plain
         big = b"x" * 200_000
         accepted = 0
         while sender.send([big]):
@@ -90,6 +92,7 @@ async def test_send_reports_a_full_queue(nursery):
         await release.wait()
     # Some went to the kernel, at most 1 MiB waited, then the queue was full.
     assert 5 <= result["accepted"] < 100
+    assert result["plain"] is True
 
 
 async def test_send_gate_is_a_mutex_without_an_owner():

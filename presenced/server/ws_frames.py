@@ -1,4 +1,4 @@
-"""The common case of inbound WebSocket frames, read without wsproto (no I/O).
+"""The common cases of WebSocket frames, read and written without wsproto (no I/O).
 
 Nearly every frame a logged-in client sends is one small, complete, masked
 binary message: a heartbeat request or a stream ACK. wsproto reads each
@@ -36,6 +36,8 @@ _MASKED = 0x80
 _OP_CONTINUATION = 0x0
 _OP_BINARY = 0x2
 _OP_CONTROL = 0x8  # opcodes from 0x8 up are control frames
+
+_SHORT_BINARY_HEADS = [bytes((0x80 | _OP_BINARY, n)) for n in range(126)]
 
 # Per 4-byte word count k: the masking key repeated k times, as one int.
 _REPEAT = [sum(1 << (32 * i) for i in range(k)) for k in range(32)]
@@ -145,3 +147,18 @@ class InboundFrames:
             self._through = size - take
             pos += take
         return messages, b"".join(out)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """A server's binary message as one frame: final, unmasked, no RSV bits.
+
+    What wsproto writes for it when no extension was negotiated; wsproto
+    keeps no state for complete outbound messages, so frames from here and
+    from wsproto may be mixed on one connection.
+    """
+    n = len(payload)
+    if n < 126:
+        return _SHORT_BINARY_HEADS[n] + payload
+    if n < 65536:
+        return b"\x82\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x82\x7f" + n.to_bytes(8, "big") + payload

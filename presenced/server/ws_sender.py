@@ -5,8 +5,9 @@ costs a trio checkpoint, a lock, and (because our sends start in synchronous
 code: the engine fanning out a friend's change) a wake-up of a writer task.
 Profiles of the server under load put that path at a quarter of all CPU.
 Yet nearly every frame presenced sends is small and the socket almost always
-has room, so `FrameSender` encodes the frame with the connection's own
-wsproto state and hands it to the kernel with one non-blocking `send()`,
+has room, so `FrameSender` encodes the frame itself (`ws_frames.binary_frame`;
+with the connection's wsproto if an extension was negotiated) and hands it
+to the kernel with one non-blocking `send()`,
 right away. Only bytes the kernel does not take wait for the writer task.
 
 To share the socket safely with trio-websocket's own sends (pongs, pings,
@@ -30,6 +31,8 @@ from trio_websocket import WebSocketConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage
 from wsproto.utilities import LocalProtocolError
+
+from presenced.server.ws_frames import binary_frame
 
 
 class SendGate:
@@ -78,7 +81,7 @@ class FrameSender:
     """
 
     __slots__ = ("_ws", "_wsproto", "_stream", "_sock", "_gate", "_pending", "_handoff",
-                 "_limit", "_spawn", "_writing", "broken")
+                 "_limit", "_spawn", "_writing", "_plain", "broken")
 
     def __init__(
         self,
@@ -99,6 +102,11 @@ class FrameSender:
         self._spawn = spawn
         self._writing = False
         self.broken = False
+        # No extension negotiated (presenced offers none): frames are plain.
+        try:
+            self._plain = not ws._wsproto.connection._proto.extensions
+        except AttributeError:
+            self._plain = False
 
     @property
     def pending_bytes(self) -> int:
@@ -110,7 +118,12 @@ class FrameSender:
         if wsproto.state is not ConnectionState.OPEN or self.broken:
             return True  # closing: the reader ends the connection
         try:
-            if len(frames) == 1:
+            if self._plain:
+                if len(frames) == 1:
+                    data = binary_frame(frames[0])
+                else:
+                    data = b"".join([binary_frame(f) for f in frames])
+            elif len(frames) == 1:
                 data = wsproto.send(BytesMessage(data=frames[0]))
             else:
                 data = b"".join([wsproto.send(BytesMessage(data=f)) for f in frames])
