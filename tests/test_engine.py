@@ -368,3 +368,33 @@ def test_reconcile_delivers_exactly_what_was_missed():
     w.engine.reconcile([(Presence(A, True, None, w.now), frozenset())], w.now)
     assert drain(box) == {B: (False, None), C: (False, None)}
     assert w.engine.presence(A) is not None  # we vouch for A ourselves
+
+
+def test_a_mass_expiry_happens_in_bounded_steps():
+    w = World()
+    sessions = [w.login(f"0x{i:040x}") for i in range(25)]
+    gone = [f"0x{i:040x}" for i in range(25, 35)]
+    for address in gone:
+        w.engine.close_session(w.login(address), w.now)
+    w.now += w.engine.config.ttl_ms + 1
+    assert w.engine.due(w.now)
+    steps = []
+    while w.engine.due(w.now):
+        steps.append(w.engine.tick(w.now, limit=10))
+    # 10 graces ending and 25 expiries, 10 users per step at most.
+    assert len(steps) == 4
+    assert sorted(s for step in steps for s in step) == sessions
+    assert not w.engine.due(w.now)
+    assert all(w.engine.presence(f"0x{i:040x}") is None for i in range(35))
+    assert w.engine.tick(w.now, limit=10) == []
+
+
+def test_nothing_is_due_while_everyone_is_fresh():
+    w = World()
+    w.login(A)
+    assert not w.engine.due(w.now)
+    w.now += w.engine.config.ttl_ms - 1
+    assert not w.engine.due(w.now)
+    w.now += 1
+    assert w.engine.due(w.now)
+    assert w.engine.tick(w.now) == [1]

@@ -115,8 +115,10 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         out.append(("Expiry sweep: engine tick",
                     f"{e['users']:,} online users with sessions, half subscribed",
                     f"{e['nothing_expires']['median_ms']:.3f} ms with nothing to expire; "
-                    f"{e['ten_percent_expire']['median_ms']:.0f} ms when 10 % expire "
-                    f"(blocks the event loop)", "–", "–"))
+                    f"{e['ten_percent_expire']['median_ms']:.0f} ms when 10 % expire, in "
+                    f"steps of {e.get('step_users', '?')} users blocking the event loop for "
+                    f"at most {e.get('longest_step', {}).get('max_ms', float('nan')):.1f} ms",
+                    "–", "–"))
         out.append(("Expiry sweep: Redis claim script",
                     f"{c['users']:,} online users in Redis",
                     f"{c['nothing_expires']['median_ms']:.2f} ms with nothing to expire; "

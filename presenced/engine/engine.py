@@ -414,33 +414,46 @@ class PresenceEngine:
 
     # -------------------------------------------------------------------- time
 
-    def tick(self, now_ms: int) -> list[int]:
-        """Apply offline grace and TTL expiry.
+    def tick(self, now_ms: int, limit: int | None = None) -> list[int]:
+        """Apply offline grace and TTL expiry, to at most `limit` users.
 
         Returns the ids of sessions whose user expired while still connected
         (a connection that stopped answering): the server must close them.
+        With a limit, `due(now_ms)` says whether more is left for another call:
+        a mass expiry (an instance's users after it died, a network cut) then
+        happens in steps between which the server answers its clients.
         """
+        budget = -1 if limit is None else limit
         grace = self._grace
-        while grace:
+        while grace and budget:
             address, deadline = next(iter(grace.items()))
             if deadline > now_ms:
                 break
             del grace[address]
+            budget -= 1
             user = self._users[address]
             if not user.sessions:
                 self._release(user, now_ms)
         to_close: list[int] = []
         owned = self._owned
         cutoff = now_ms - self.config.ttl_ms
-        while owned:
+        while owned and budget:
             address, seen = next(iter(owned.items()))
             if seen > cutoff:
                 break
+            budget -= 1
             user = self._users[address]
             self.stats.expired += 1
             to_close.extend(user.sessions)
             self._release(user, now_ms)
         return to_close
+
+    def due(self, now_ms: int) -> bool:
+        """Whether `tick(now_ms)` has anything to do."""
+        if self._grace and next(iter(self._grace.values())) <= now_ms:
+            return True
+        owned = self._owned
+        return bool(owned) and next(iter(owned.values())) <= now_ms - self.config.ttl_ms
 
     # ---------------------------------------------------------------- internals
 
