@@ -383,3 +383,29 @@ async def test_an_error_while_accepting_is_contained(nursery, monkeypatch):
         assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
         async with srv.client(BOB) as bob:
             assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(nursery):
+    """No reference cycle keeps a finished connection alive until a GC pass.
+
+    The server runs with high GC thresholds, so a cycle would hold every
+    closed connection's buffers and state for a long time.
+    """
+    import gc
+    import weakref
+
+    async with running(nursery) as srv:
+        gc.collect()
+        gc.disable()
+        try:
+            async with srv.client(ALICE) as alice:
+                await alice.heartbeat("r", 1, 1)
+                async with alice.subscribe():
+                    conn = next(iter(srv.hub.live))
+                    ref = weakref.ref(conn)
+                    ws_ref = weakref.ref(conn.ws)
+                    del conn
+            await wait_until(lambda: not srv.hub.live)
+            await wait_until(lambda: ref() is None and ws_ref() is None)
+        finally:
+            gc.enable()

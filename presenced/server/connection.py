@@ -51,7 +51,7 @@ from presenced.server.presence_module import (
     encode_heartbeat_outcome,
     encode_presences,
 )
-from presenced.server.ws_receiver import attach_receiver
+from presenced.server.ws_receiver import attach_receiver, detach_receiver
 from presenced.server.ws_sender import FrameSender
 from presenced.store.base import StoreUnavailable
 
@@ -217,7 +217,11 @@ class Connection:
             hub.live.discard(self)
             if self.session_id:
                 self._cleanup()
-        await self._close_now(*close)
+        try:
+            await self._close_now(*close)
+        finally:
+            detach_receiver(self.ws)
+            self.sender.detach()
 
     async def _serve(self) -> None:
         hub = self.hub

@@ -48,17 +48,17 @@ MessageHandler = Callable[[bytes | str], None]
 class _DirectSend:
     """What trio-websocket's reader sends messages to: our handler."""
 
-    __slots__ = ("_handle", "_original")
+    __slots__ = ("handle", "_original")
 
     def __init__(self, handle: MessageHandler, original: trio.MemorySendChannel) -> None:
-        self._handle = handle
+        self.handle = handle
         self._original = original
 
     async def send(self, message: bytes | str) -> None:
         # Must not raise: an exception here would end trio-websocket's reader
         # task and, through its nursery, the server. The handler contains its
         # own errors; this is the last line.
-        self._handle(message)
+        self.handle(message)
 
     async def aclose(self) -> None:
         # The reader closes the channel when the connection ends; passing it
@@ -83,15 +83,17 @@ class _LeanReceiveStream:
     Everything else is the wrapped stream's own.
     """
 
-    __slots__ = ("_ws", "_stream", "_sock", "_frames", "_handle")
+    __slots__ = ("_wsproto", "_stream", "_sock", "_frames", "handle")
 
-    def __init__(self, ws: WebSocketConnection, stream: trio.SocketStream,
+    def __init__(self, wsproto: object, stream: trio.SocketStream,
                  frames: InboundFrames, handle: MessageHandler) -> None:
-        self._ws = ws
+        # The wsproto connection, not the WebSocketConnection: the latter
+        # holds this object, and a cycle would outlive the connection.
+        self._wsproto = wsproto
         self._stream = stream
         self._sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
         self._frames = frames
-        self._handle = handle
+        self.handle = handle
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
@@ -99,10 +101,10 @@ class _LeanReceiveStream:
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """The next bytes for wsproto, after handling the messages before them."""
         frames = self._frames
-        if not frames.in_sync and _between_messages(self._ws):
+        if not frames.in_sync and _between_messages(self._wsproto):
             frames.synced()
         feed = frames.feed
-        handle = self._handle
+        handle = self.handle
         while True:
             data = await self._receive(max_bytes)
             if not data:
@@ -130,14 +132,14 @@ class _LeanReceiveStream:
                 raise trio.BrokenResourceError(e) from e
 
 
-def _between_messages(ws: WebSocketConnection) -> bool:
+def _between_messages(wsproto: object) -> bool:
     """wsproto holds no part of a frame and is not inside a fragmented message.
 
     Reads wsproto 1.x internals; if they are not where expected, the answer
     is no, and wsproto keeps reading every frame, as without this module.
     """
     try:
-        proto = ws._wsproto.connection._proto  # type: ignore[attr-defined]
+        proto = wsproto.connection._proto  # type: ignore[attr-defined]
         frame_decoder = proto._frame_decoder
         return (frame_decoder.header is None and not len(frame_decoder.buffer)
                 and proto._message_decoder.opcode is None)
@@ -153,7 +155,8 @@ def attach_receiver(ws: WebSocketConnection, handle: MessageHandler) -> None:
     stream = ws._stream  # type: ignore[attr-defined]
     if isinstance(stream, trio.SocketStream):
         frames = InboundFrames(ws._max_message_size)  # type: ignore[attr-defined]
-        ws._stream = _LeanReceiveStream(ws, stream, frames, handle)  # type: ignore[attr-defined]
+        ws._stream = _LeanReceiveStream(ws._wsproto, stream, frames,  # type: ignore[attr-defined]
+                                        handle)  # type: ignore[attr-defined]
     original: trio.MemorySendChannel = ws._send_channel  # type: ignore[attr-defined]
     queued: trio.MemoryReceiveChannel = ws._recv_channel  # type: ignore[attr-defined]
     ws._send_channel = _DirectSend(handle, original)  # type: ignore[assignment]
@@ -163,3 +166,20 @@ def attach_receiver(ws: WebSocketConnection, handle: MessageHandler) -> None:
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return
         handle(message)
+
+
+def _ignore(message: bytes | str) -> None:
+    pass
+
+
+def detach_receiver(ws: WebSocketConnection) -> None:
+    """Stop calling the handler (at the connection's end).
+
+    The handler is usually a method of an object that holds `ws`; dropping
+    it breaks that reference cycle, so the connection's memory is freed when
+    its last reference goes rather than at the garbage collector's next pass
+    (which the server's GC thresholds make rare).
+    """
+    for holder in (ws._stream, ws._send_channel):  # type: ignore[attr-defined]
+        if isinstance(holder, _LeanReceiveStream | _DirectSend):
+            holder.handle = _ignore

@@ -155,6 +155,11 @@ class FrameSender:
         self._start_writer()
         return True
 
+    def detach(self) -> None:
+        """Forget `spawn` (at the connection's end): it usually holds our owner."""
+        self._spawn = _no_spawn
+        self.broken = True
+
     def _start_writer(self) -> None:
         if not self._writing:
             self._writing = True
@@ -184,3 +189,7 @@ class FrameSender:
         finally:
             self._writing = False
         gate.release()
+
+
+def _no_spawn(task: Callable[[], Awaitable[None]]) -> None:
+    pass
