@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from sys import intern
 
 import trio
 from google.protobuf.message import DecodeError
@@ -228,6 +229,8 @@ class Connection:
         address = await self._login()
         if address is None:
             return
+        # The same string as in friends' friend sets (the stores intern them).
+        address = intern(address)
         try:
             friends = await hub.store.friends_of(address)
         except StoreUnavailable:
@@ -236,6 +239,8 @@ class Connection:
         self.address = address
         self.session_id = next(hub.session_ids)
         hub.engine.open_session(self.session_id, address, friends, hub.now_ms())
+        # This frame lives as long as the connection: keep no second copy.
+        del friends
         hub.connections[self.session_id] = self
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

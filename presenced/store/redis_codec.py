@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from sys import intern
 
 from presenced.model import Position, Presence
 from presenced.store.base import (
@@ -103,7 +104,7 @@ def decode_message(data: bytes, me: str) -> Message | None:
     while i < end:
         kind = body[i]
         (n,) = unpack_len(body, i + 1)
-        address = body[i + 3 : i + 3 + n].decode()
+        address = intern(body[i + 3 : i + 3 + n].decode())
         i += 3 + n
         (m,) = unpack_len(body, i)
         payload = body[i + 2 : i + 2 + m]

@@ -14,6 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from sys import intern
 from typing import Any, TypeVar
 
 import redis
@@ -722,9 +723,9 @@ class RedisStore:
             fs = sets.get(owners)
             if fs is None:
                 fs = sets[owners] = frozenset(owners)
-            append((decode_presence(a.decode(), blob), fs))
+            append((decode_presence(intern(a.decode()), blob), fs))
         friends = {
-            address: {f.decode() for f in fset}
+            address: {intern(f.decode()) for f in fset}
             for address, fset in zip(friends_of, res[i + 3 :], strict=True)
         }
         return _Snapshot(
@@ -907,7 +908,8 @@ class RedisStore:
         finally:
             logged = self._end_fetch(mark)
         self._succeeded()
-        friends = {m.decode() for m in members}
+        # Interned: every friend set then shares one string per address.
+        friends = {intern(m.decode()) for m in members}
         self._replay(address, friends, logged)
         self._cache_friends(address, friends)
         return frozenset(friends)
