@@ -37,9 +37,9 @@ from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 from presenced.auth.identity import Identity  # noqa: E402
 from presenced.client import PresenceClient  # noqa: E402
 from presenced.engine import EngineConfig, PresenceEngine  # noqa: E402
+from presenced.histogram import Histogram  # noqa: E402
 from presenced.model import Position, Presence, PresenceWrite  # noqa: E402
 from presenced.server.config import ServerConfig  # noqa: E402
-from presenced.server.metrics import Histogram  # noqa: E402
 from presenced.store.base import FriendshipChanged, Resync  # noqa: E402
 from presenced.store.redis import RedisStore  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
@@ -111,7 +111,7 @@ async def bench_writes(users: int, duration: float, changed_share: float,
     with RedisServer() as server:
         config = ServerConfig(redis_flush_interval_s=flush_interval,
                               redis_resync_interval_s=30.0)
-        store = RedisStore(server.url, config, instance_id="bench")
+        store = RedisStore(server.url, config.redis_store_config(), instance_id="bench")
         recorder = RecordingHistogram()
         store.flush_latency = recorder
         latencies = recorder.values
@@ -173,7 +173,7 @@ async def bench_latency(samples: int, senders: int, flush_interval: float) -> No
     ids = [Identity.generate(random.Random(7000 + i)) for i in range(senders + 1)]
     watcher, sending = ids[0], ids[1:]
     with RedisServer() as server:
-        store = RedisStore(server.url, ServerConfig())
+        store = RedisStore(server.url, ServerConfig().redis_store_config())
         async with trio.open_nursery() as n:
             await n.start(store.run, lambda events: None)
             await store.add_friendships([(watcher.address, s.address) for s in sending])
@@ -246,7 +246,7 @@ async def bench_resync(users: int) -> None:
     print(f"== resync with {users:,} users online")
     with RedisServer() as server:
         config = ServerConfig(redis_resync_interval_s=3600)
-        writer = RedisStore(server.url, config, instance_id="writer")
+        writer = RedisStore(server.url, config.redis_store_config(), instance_id="writer")
         now = int(time.time() * 1000)
         async with trio.open_nursery() as n:
             await n.start(writer.run, lambda events: None)
@@ -272,7 +272,7 @@ async def bench_resync(users: int) -> None:
 
             stall = Stall()
             n.start_soon(stall.run)
-            cold = RedisStore(server.url, config, instance_id="cold")
+            cold = RedisStore(server.url, config.redis_store_config(), instance_id="cold")
             t = time.perf_counter()
             await n.start(cold.run, sink)
             total = time.perf_counter() - t

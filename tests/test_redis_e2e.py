@@ -75,7 +75,7 @@ class Watcher:
 
 async def add_friends(url: str, *pairs: tuple[Identity, Identity]) -> None:
     """Through the store's API, as the admin endpoint would."""
-    store = RedisStore(url, ServerConfig())
+    store = RedisStore(url, ServerConfig().redis_store_config())
     async with trio.open_nursery() as n:
         await n.start(store.run, lambda events: None)
         await store.add_friendships([(a.address, b.address) for a, b in pairs])

@@ -29,6 +29,7 @@ from presenced.store.base import (
     StoreUnavailable,
 )
 from presenced.store.redis import RedisStore
+from presenced.store.redis_config import RedisStoreConfig
 
 TTL = 2_000
 GRACE = 200
@@ -82,6 +83,13 @@ def config(**overrides: object) -> ServerConfig:
     return ServerConfig(**base)  # type: ignore[arg-type]
 
 
+def test_store_config_defaults_match_the_server():
+    # RedisStoreConfig copies the server's and the engine's defaults.
+    assert RedisStoreConfig() == ServerConfig().redis_store_config()
+    built = config().redis_store_config()
+    assert (built.ttl_ms, built.offline_grace_ms, built.flush_interval_s) == (TTL, GRACE, 0.01)
+
+
 @pytest.fixture
 async def cluster(redis_server, nursery):
     """`await cluster("a")` starts a RedisStore named "a"; returns (store, recorder)."""
@@ -90,7 +98,8 @@ async def cluster(redis_server, nursery):
     async def start(
         name: str, prepare: Callable[[RedisStore], None] | None = None, **overrides: object
     ) -> tuple[RedisStore, Recorder]:
-        store = RedisStore(redis_server.url, config(**overrides), instance_id=name)
+        store = RedisStore(redis_server.url, config(**overrides).redis_store_config(),
+                           instance_id=name)
         if prepare is not None:
             prepare(store)
         rec = Recorder()
@@ -491,7 +500,7 @@ async def test_redis_restarted_empty(cluster, redis_server):
 async def test_start_waits_for_redis(redis_server, nursery):
     url = redis_server.url
     redis_server.kill()
-    store = RedisStore(url, config(), instance_id="late")
+    store = RedisStore(url, config().redis_store_config(), instance_id="late")
     store.backoff_max_s = 0.1
     started = trio.Event()
 

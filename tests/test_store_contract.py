@@ -47,8 +47,8 @@ async def store(backend, nursery):
     # The engine refreshes users kept alive by pings this often; the Redis
     # store leaves a live owner's users to it for twice that.
     engine = EngineConfig(touch_write_interval_ms=TTL // 2)
-    s = RedisStore(backend.url, ServerConfig(redis_flush_interval_s=0.01, engine=engine),
-                   instance_id="me")
+    config = ServerConfig(redis_flush_interval_s=0.01, engine=engine).redis_store_config()
+    s = RedisStore(backend.url, config, instance_id="me")
     await nursery.start(s.run, lambda events: None)
     yield s
     await s.aclose()

@@ -44,7 +44,7 @@ async def _populate(url: str, users: int, avg_friends: float, seed: int,
     t0 = time.monotonic()
     graph = SocialGraph.generate(users, avg_friends, seed)
     t_graph = time.monotonic() - t0
-    store = RedisStore(url, ServerConfig(), instance_id=instance)
+    store = RedisStore(url, ServerConfig().redis_store_config(), instance_id=instance)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run, lambda events: None)
         t1 = time.monotonic()

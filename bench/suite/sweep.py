@@ -109,15 +109,15 @@ async def _claim(url: str, users: int, repeats: int, redis_pid: int) -> dict:
     config = ServerConfig()
     ttl = config.engine.ttl_ms
     stale = int(users * EXPIRING)
-    owner = RedisStore(url, config, instance_id="alive-owner")
-    claimer = RedisStore(url, config, instance_id="claimer")
+    owner = RedisStore(url, config.redis_store_config(), instance_id="alive-owner")
+    claimer = RedisStore(url, config.redis_store_config(), instance_id="claimer")
     idle, expiring, redis_idle, redis_expiring, claimed = [], [], [], [], []
     async with trio.open_nursery() as nursery:
         await nursery.start(owner.run, lambda events: None)
         await nursery.start(claimer.run, lambda events: None)
         await write_presence(owner, range(stale, users), int(time.time() * 1000))
         for k in range(repeats):
-            dead = RedisStore(url, config, instance_id=f"dead-{k}")
+            dead = RedisStore(url, config.redis_store_config(), instance_id=f"dead-{k}")
             async with trio.open_nursery() as inner:
                 await inner.start(dead.run, lambda events: None)
                 await write_presence(dead, range(stale), int(time.time() * 1000) - ttl - 5000)

@@ -31,7 +31,7 @@ def build_store(config: ServerConfig) -> Store:
     if config.redis_url:
         from presenced.store.redis import RedisStore
 
-        return RedisStore(config.redis_url, config)
+        return RedisStore(config.redis_url, config.redis_store_config())
     store = MemoryStore()
     if config.friends_file:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from presenced.engine import EngineConfig
+from presenced.store.redis_config import RedisStoreConfig
 
 
 @dataclass(slots=True)
@@ -47,3 +48,15 @@ class ServerConfig:
     # Processes sharing the listening port (SO_REUSEPORT); >1 needs Redis.
     workers: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def redis_store_config(self) -> RedisStoreConfig:
+        """The Redis store's settings, taken from the server's and the engine's."""
+        return RedisStoreConfig(
+            ttl_ms=self.engine.ttl_ms,
+            offline_grace_ms=self.engine.offline_grace_ms,
+            touch_write_interval_ms=self.engine.touch_write_interval_ms,
+            pool_size=self.redis_pool_size,
+            socket_timeout_s=self.redis_socket_timeout_s,
+            flush_interval_s=self.redis_flush_interval_s,
+            resync_interval_s=self.redis_resync_interval_s,
+        )

@@ -23,9 +23,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from presenced.histogram import Histogram
 from presenced.model import Presence, PresenceLeave, PresenceOp, PresenceWrite
-from presenced.server.config import ServerConfig
-from presenced.server.metrics import Histogram
 from presenced.store.base import (
     EventSink,
     Expired,
@@ -44,6 +43,7 @@ from presenced.store.redis_codec import (
     entry,
     header,
 )
+from presenced.store.redis_config import RedisStoreConfig
 from presenced.store.redis_scripts import SCRIPTS, Keys, Script
 
 log = logging.getLogger("presenced.store.redis")
@@ -127,20 +127,20 @@ class RedisStore:
     def __init__(
         self,
         url: str,
-        config: ServerConfig | None = None,
+        config: RedisStoreConfig | None = None,
         *,
         instance_id: str | None = None,
         prefix: str = "{presenced}",
     ) -> None:
-        config = config or ServerConfig()
+        config = config or RedisStoreConfig()
         self.instance_id = instance_id or secrets.token_hex(6)
         self.url = url
         self.keys = Keys(prefix)
-        self._ttl_ms = config.engine.ttl_ms
-        self._grace_ms = config.engine.offline_grace_ms
-        self._timeout = config.redis_socket_timeout_s
-        self._flush_interval = config.redis_flush_interval_s
-        self._audit_interval = config.redis_resync_interval_s
+        self._ttl_ms = config.ttl_ms
+        self._grace_ms = config.offline_grace_ms
+        self._timeout = config.socket_timeout_s
+        self._flush_interval = config.flush_interval_s
+        self._audit_interval = config.resync_interval_s
         # An instance that has not written for this long (by Redis's clock)
         # no longer counts as an owner; it beacons four times as often.
         self.dead_after_ms = max(1000, min(10_000, self._ttl_ms // 2))
@@ -150,7 +150,7 @@ class RedisStore:
         # The engine writes a user kept alive only by pings (no heartbeats)
         # every touch interval, which can exceed a short TTL: the sweep must
         # leave an alive owner's users alone for longer than that.
-        self._hold_ms = 2 * config.engine.touch_write_interval_ms
+        self._hold_ms = 2 * config.touch_write_interval_ms
 
         common: dict[str, Any] = {
             "socket_timeout": self._timeout,
@@ -162,7 +162,7 @@ class RedisStore:
             "protocol": 2,
         }
         self._pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=config.redis_pool_size, timeout=self._timeout,
+            url, max_connections=config.pool_size, timeout=self._timeout,
             client_name=f"presenced-{self.instance_id}", **common,
         )
         self._redis = redis.Redis(connection_pool=self._pool)
@@ -171,7 +171,7 @@ class RedisStore:
             url, max_connections=2, client_name=f"presenced-{self.instance_id}-sub", **common
         )
         self._sub_redis = redis.Redis(connection_pool=self._sub_pool)
-        self._limiter = trio.CapacityLimiter(config.redis_pool_size)
+        self._limiter = trio.CapacityLimiter(config.pool_size)
 
         self._sink: EventSink | None = None
         self._listener: Listener | None = None
