@@ -39,6 +39,7 @@ from types import TracebackType
 
 import trio
 from trio_websocket import WebSocketConnection
+from wsproto.connection import ConnectionState
 
 from presenced.server.ws_frames import InboundFrames
 
@@ -104,14 +105,17 @@ class _LeanReceiveStream:
         if not frames.in_sync and _between_messages(self._wsproto):
             frames.synced()
         feed = frames.feed
-        handle = self.handle
+        wsproto = self._wsproto
         while True:
             data = await self._receive(max_bytes)
-            if not data:
+            if not data or wsproto.state is not ConnectionState.OPEN:  # type: ignore[attr-defined]
+                # Closing: whatever comes now is wsproto's to judge.
                 return data
             messages, through = feed(data)
+            # The handler must not raise, as for _DirectSend: here an
+            # exception would end trio-websocket's reader task.
             for message in messages:
-                handle(message)
+                self.handle(message)
             if through:
                 return through
 
