@@ -45,9 +45,15 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         redis_hb = c.get("redis_cpu_per_heartbeat_us")
         extra = f" (+ Redis {_f(redis_hb, 1)} µs)" if key != "embedded-w1" else ""
         target = f"≤ {TARGET_HEARTBEAT_US:.0f} µs (Redis)" if key != "embedded-w1" else "–"
+        slow = ""
+        if c.get("cpu_per_heartbeat_marginal_us") is not None:
+            q = c["quiet_run"]["window"]["heartbeats_per_s"]
+            slow = (f"; marginal {_f(c['cpu_per_heartbeat_marginal_us'], 1)} µs; at "
+                    f"{q:,.0f}/s {_f(c.get('cpu_per_heartbeat_slow_us'), 1)} µs (connections' "
+                    f"upkeep included)")
         out.append((f"CPU per heartbeat, {label}",
                     f"{hb['load']}; {hb['window']['heartbeats_per_s']:,.0f} heartbeats/s",
-                    f"{_f(c['cpu_per_heartbeat_us'], 1)} µs{extra}", target,
+                    f"{_f(c['cpu_per_heartbeat_us'], 1)} µs{extra}{slow}", target,
                     _status(c["cpu_per_heartbeat_us"], TARGET_HEARTBEAT_US)
                     if key != "embedded-w1" else "–"))
         ratio = None

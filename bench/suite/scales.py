@@ -16,7 +16,10 @@ class Scale:
     name: str
     # CPU runs (per heartbeat, per delivered update, embedded/Redis, workers).
     cpu_users: int
-    heartbeat_speed: float  # --speed of the heartbeat-only runs
+    # --speed of the heartbeat-only run that gives the CPU per heartbeat; a
+    # second heartbeat-only run at update_speed is what the update run's CPU
+    # is compared with (see cpu.py).
+    heartbeat_speed: float
     update_speed: float  # --speed of the runs with subscribers
     cpu_window_s: float
     cpu_warmup_s: float
