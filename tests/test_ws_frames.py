@@ -246,3 +246,13 @@ def test_binary_frame_is_what_wsproto_writes(n):
     server = Connection(ConnectionType.SERVER)
     payload = random.Random(n).randbytes(n)
     assert binary_frame(payload) == server.send(BytesMessage(data=payload))
+
+
+def test_release_hands_back_a_held_partial_frame_and_stops_reading():
+    frames = InboundFrames(LIMIT)
+    frames.synced()
+    frame = raw_frame(0x2, b"held back")
+    assert frames.feed(frame[:5]) == ([], b"")
+    assert frames.release() == frame[:5]
+    assert not frames.in_sync
+    assert frames.feed(frame[5:]) == ([], frame[5:])

@@ -74,6 +74,12 @@ class InboundFrames:
         # wsproto is inside a fragmented message (until a final continuation).
         self._fragmented = False
 
+    def release(self) -> bytes:
+        """Stop reading frames; returns the bytes held back, which wsproto must have first."""
+        self.in_sync = False
+        held, self._held = self._held, b""
+        return held
+
     def synced(self) -> None:
         """wsproto has consumed everything so far and is between messages."""
         self.in_sync = True

@@ -108,9 +108,12 @@ class _LeanReceiveStream:
         wsproto = self._wsproto
         while True:
             data = await self._receive(max_bytes)
-            if not data or wsproto.state is not ConnectionState.OPEN:  # type: ignore[attr-defined]
-                # Closing: whatever comes now is wsproto's to judge.
+            if not data:
                 return data
+            if wsproto.state is not ConnectionState.OPEN:  # type: ignore[attr-defined]
+                # Closing: whatever comes now is wsproto's to judge, starting
+                # with any frame the splitter was holding back.
+                return frames.release() + data
             messages, through = feed(data)
             # The handler must not raise, as for _DirectSend: here an
             # exception would end trio-websocket's reader task.
