@@ -256,3 +256,13 @@ def test_release_hands_back_a_held_partial_frame_and_stops_reading():
     assert frames.release() == frame[:5]
     assert not frames.in_sync
     assert frames.feed(frame[5:]) == ([], frame[5:])
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 65535, 65536])
+def test_the_generators_masked_frames_read_back_through_wsproto(n):
+    from presenced.simulate.wire import _OP_BINARY, _frame
+
+    server = Connection(ConnectionType.SERVER)
+    payload = random.Random(n).randbytes(n)
+    server.receive_data(_frame(_OP_BINARY, payload))
+    assert merge(summarize(server.events())) == [("bytes", payload)]

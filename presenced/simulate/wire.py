@@ -53,6 +53,7 @@ from presenced.rpc.events import (
     StreamOffered,
 )
 from presenced.rpc.frames import MessageType, ProtocolError, pack_id
+from presenced.server.ws_frames import unmask
 from presenced.v1 import presence_pb2 as pb
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -84,31 +85,21 @@ class StreamEndedError(Exception):
     """The server ended a subscription stream that should run forever."""
 
 
-# Per 4-byte word count k: the masking key repeated k times, as one int.
-_REPEAT = [sum(1 << (32 * i) for i in range(k)) for k in range(33)]
 _SHORT_HEADS = {op: [bytes((0x80 | op, 0x80 | n)) for n in range(126)]
                 for op in (_OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG)}
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (FIN set)."""
+    """A masked client frame (FIN set). Masking is the server's unmasking: XOR."""
     n = len(payload)
     key = _mask_keys.getrandbits(32)
     if n < 126:
-        # The payload XOR the repeated key, as one multiplication and shift.
-        k = (n + 3) >> 2
-        mask = (key * _REPEAT[k]) >> ((k * 4 - n) * 8)
-        return (_SHORT_HEADS[opcode][n] + key.to_bytes(4, "big")
-                + (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big"))
-    if n < 65536:
+        head = _SHORT_HEADS[opcode][n]
+    elif n < 65536:
         head = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
     else:
         head = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
-    key_bytes = key.to_bytes(4, "big")
-    mask = (key_bytes * ((n + 3) >> 2))[:n]
-    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
-        n, "little")
-    return head + key_bytes + masked
+    return head + key.to_bytes(4, "big") + unmask(key, payload)
 
 
 class _Poller:
