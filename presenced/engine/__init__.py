@@ -9,15 +9,17 @@ from presenced.engine.engine import (
     PresenceEngine,
     TooManyRequests,
 )
-from presenced.engine.mailbox import Mailbox
+from presenced.engine.mailbox import FriendshipFeed, Mailbox, TransitionMailbox
 
 __all__ = [
     "Accepted",
     "BadRequest",
     "EngineConfig",
     "EngineStats",
+    "FriendshipFeed",
     "HeartbeatOutcome",
     "Mailbox",
     "PresenceEngine",
     "TooManyRequests",
+    "TransitionMailbox",
 ]
