@@ -1,6 +1,7 @@
 """The layers of presenced, read from the source with `ast` (nothing is imported).
 
-From the bottom: the model, the wire (rpc) and authentication; the engine;
+From the bottom: the model, the wire (rpc), authentication and the profile
+source (HTTP to a Catalyst); the engine;
 the stores; the server; the command line, the simulator and the client at
 the top. A module may import its own layer or a lower one, never a higher
 one: a store that imported the server could not be used (or tested)
@@ -25,6 +26,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "auth": (*TOP, "presenced.engine", "presenced.store"),
     "engine": (*TOP, "presenced.store"),
     "store": TOP,
+    "profiles": (*TOP, "presenced.engine", "presenced.store", "presenced.rpc",
+                 "presenced.services"),
 }
 
 
