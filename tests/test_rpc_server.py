@@ -605,6 +605,20 @@ def test_port_and_stream_limits():
     open_stream(conn, 8)
 
 
+def test_defaults_bound_what_one_client_makes_the_server_hold():
+    # Real clients open one port named in about 15 characters and a handful of streams.
+    conn = RpcServerConnection(MODULES)
+    for n in range(1, 10):
+        conn.receive_frame(create_port(n))
+    frames = parsed(conn.data_to_send())
+    assert [t for t, _, _ in frames] == [T.CREATE_PORT_RESPONSE] * 8 + [T.REMOTE_ERROR_RESPONSE]
+    conn = RpcServerConnection(MODULES)
+    conn.receive_frame(create_port(1, "x" * 129))
+    assert remote_error(conn)[2] == "port name too long"
+    conn.receive_frame(create_port(2, "é" * 64))  # 128 bytes of UTF-8: accepted
+    assert parsed(conn.data_to_send())[0][0] == T.CREATE_PORT_RESPONSE
+
+
 # --- protocol violations ----------------------------------------------------------------------
 
 

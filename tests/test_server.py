@@ -220,7 +220,10 @@ async def test_get_online_friends_streams_batches_of_at_most_100(nursery):
         await srv.hub.add_friendships((ALICE.address, f) for f in friends)
         for f in friends:
             srv.hub.inject_presence(f, Position("main", 1, 1))
-        stream = await alice._stream("GetOnlineFriends", pb.UsersResponse)
+        stream = await alice.open_stream(
+            alice.procedures["GetOnlineFriends"],
+            lambda raw: list(pb.UsersResponse.FromString(raw).users),
+        )
         sizes = [len(batch) async for batch in stream]
         assert sizes == [100, 100, 50]
 

@@ -175,6 +175,16 @@ class PresenceEngine:
     def online_friends(self, session_id: int) -> list[Presence]:
         return self.presences(self._sessions[session_id].user.friends or ())
 
+    def online_friend_addresses(self, session_id: int) -> list[str]:
+        """The session's friends who are online now, sorted (no snapshots taken)."""
+        users = self._users
+        online = [
+            a for a in self._sessions[session_id].user.friends or ()
+            if (u := users.get(a)) is not None and u.online
+        ]
+        online.sort()
+        return online
+
     def owned_presences(self) -> list[Presence]:
         """Everyone this instance vouches for (to re-write a store that lost them)."""
         return [self._users[a].snapshot() for a in self._owned]

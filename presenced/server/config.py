@@ -28,6 +28,11 @@ class ServerConfig:
     # long is disconnected.
     stuck_timeout_s: float = 60.0
     max_connections: int = 0
+    # What one logged-in connection may make the server hold (docs/security.md): real clients
+    # open one port named in ~15 characters and at most a handful of streams.
+    max_ports_per_connection: int = 8
+    max_port_name_bytes: int = 128
+    max_streams_per_connection: int = 32
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None
