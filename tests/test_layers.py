@@ -1,8 +1,9 @@
 """The layers of presenced, read from the source with `ast` (nothing is imported).
 
 From the bottom: the model and the close codes, the wire (rpc),
-authentication and the profile source (HTTP to a Catalyst); the engine; the RPC modules (services) beside the stores;
-the server; the command line, the simulator and the client at the top.
+authentication and the profile source (HTTP to a Catalyst); the engine;
+the RPC modules (services) beside the stores; the server; the command line,
+the simulator and the client at the top.
 A module may import its own layer or a lower one, never a higher one: a
 store that imported the server could not be used (or tested) without it,
 and any change to the server would ripple down.

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from presenced.engine import PresenceEngine
 from presenced.model import Presence
+from presenced.profiles import ProfileSource
 from presenced.rpc.modules import ModuleSpec, ProcedureSpec
 
 __all__ = [
@@ -48,6 +49,9 @@ class Services:
     Modules that need something beyond the engine and the store (a profile source, say) add an
     optional field here; the server sets it when it is configured.
     """
+
+    # Names and pictures of users (SocialService v2), when --profiles-url is given.
+    profiles: ProfileSource | None = None
 
 
 class Session(Protocol):
