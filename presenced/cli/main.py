@@ -7,6 +7,7 @@ environment variable `PRESENCED_<OPTION>`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +72,11 @@ def serve(
         envvar=_env("FRIENDS"), exists=True, dir_okay=False,
         help="Friendships to load at start (embedded store): CSV lines 'address_a,address_b', "
              "'#' comments, or JSON lines.")] = None,
+    profiles_url: Annotated[str | None, typer.Option(
+        envvar=_env("PROFILES_URL"),
+        help="Catalyst lambdas base URL (https://peer.decentraland.org/lambdas) for friends' "
+             "names and pictures in the SocialService v2 module; without it, addresses only."
+    )] = None,
     redis_url: Annotated[str | None, typer.Option(
         envvar=_env("REDIS_URL"),
         help="Use the shared Redis store at this URL (redis://host:port/db) instead of the "
@@ -165,6 +171,9 @@ def serve(
     from presenced.server.runtime import setup_logging, tune_gc
 
     min_x, min_y, max_x, max_y = _parse_bounds(bounds)
+    if profiles_url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", profiles_url):
+        raise typer.BadParameter("expected an http:// or https:// URL",
+                                 param_hint="--profiles-url")
     if workers > 1 and not redis_url:
         raise typer.BadParameter(
             "several workers share their state through Redis: add --redis-url",
@@ -183,6 +192,7 @@ def serve(
         max_connections=max_connections,
         sweep_interval_s=sweep_interval,
         friends_file=str(friends) if friends else None,
+        profiles_url=profiles_url or None,
         admin_host=admin_host,
         admin_port=admin_port,
         admin_token=admin_token or None,

@@ -36,6 +36,8 @@ class ServerConfig:
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None
+    # Catalyst lambdas base URL for names and pictures (SocialService v2); None: addresses only.
+    profiles_url: str | None = None
     # Admin/metrics HTTP endpoint. A token is required off loopback.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8086

@@ -18,6 +18,7 @@ import trio
 from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.model import Presence, PresenceWrite
+from presenced.profiles import ProfileSource
 from presenced.rpc.modules import module_registry
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
@@ -73,6 +74,8 @@ class Hub:
             (m.name, p.name): p for m in modules for p in m.procedures
         }
         self.services = Services()
+        if config.profiles_url:
+            self.services.profiles = ProfileSource(config.profiles_url)
         # Logged-in connections by session id, and every connection, logged in or not.
         self.connections: dict[int, LiveConnection] = {}
         self.live: set[Killable] = set()
@@ -98,6 +101,8 @@ class Hub:
             nursery.start_soon(self._supervised, "ticker", self._ticker)
             nursery.start_soon(self._supervised, "sweeper", self._sweeper)
             nursery.start_soon(self._supervised, "keepalive", self._keepalive)
+            if self.services.profiles is not None:
+                nursery.start_soon(self._supervised, "profiles", self.services.profiles.run)
             self.ready = True
             task_status.started()
 
