@@ -25,6 +25,7 @@ from presenced.server.app import serve
 from presenced.server.config import ServerConfig
 from presenced.services import social_v2
 from presenced.store.memory import MemoryStore
+from presenced.store.redis import RedisStore
 from presenced.v1 import presence_pb2 as v1
 from tests.support.profile_server import ProfileServer
 
@@ -80,8 +81,11 @@ async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), raw_pairs
                   **overrides):
     engine = overrides.pop("engine", EngineConfig(offline_grace_ms=50))
     config = replace(ServerConfig(port=0, admin_port=0, engine=engine), **overrides)
-    store = MemoryStore()
-    store.load_friendships([(a.address, b.address) for a, b in friendships] + list(raw_pairs))
+    store = None
+    if config.redis_url is None:
+        store = MemoryStore()
+        store.load_friendships([(a.address, b.address) for a, b in friendships]
+                               + list(raw_pairs))
     shutdown = trio.Event()
     hub = await nursery.start(
         lambda task_status: serve(config, shutdown, store=store, task_status=task_status)
@@ -348,3 +352,30 @@ def test_the_table_is_the_schema():
     streams = {m.name for m in v2.DESCRIPTOR.services_by_name["SocialService"].methods
                if m.server_streaming}
     assert {p.name for p in module.spec.procedures if p.server_streaming} == streams
+
+
+# ------------------------------------------------------------ two instances
+
+
+async def test_two_instances_through_redis(nursery, redis_server):
+    store = RedisStore(redis_server.url, ServerConfig().redis_store_config())
+    async with trio.open_nursery() as n:
+        await n.start(store.run, lambda events: None)
+        await store.add_friendships([(ALICE.address, BOB.address),
+                                     (ALICE.address, CAROL.address)])
+        n.cancel_scope.cancel()
+    await store.aclose(leave=False)
+    options = {"redis_url": redis_server.url, "redis_flush_interval_s": 0.01}
+    async with running(nursery, **options) as one, running(nursery, **options) as two:
+        async with one.v2(ALICE) as alice:
+            updates = await alice.stream("SubscribeToFriendConnectivityUpdates",
+                                         v2.FriendConnectivityUpdate)
+            async with two.v2(BOB):  # v2 only, on the other instance
+                assert status_of(await updates.next_batch()) == (BOB.address, v2.ONLINE)
+                async with PresenceClient.connect(two.url, CAROL) as carol:
+                    await carol.heartbeat("main", 1, 1)
+                    assert status_of(await updates.next_batch()) == (CAROL.address, v2.ONLINE)
+                    await carol.heartbeat("plaza", 2, 2)  # a move: nothing for v2
+                assert status_of(await updates.next_batch()) == (CAROL.address, v2.OFFLINE)
+            assert status_of(await updates.next_batch()) == (BOB.address, v2.OFFLINE)
+            assert (await alice.get_friends()).pagination_data.total == 2
