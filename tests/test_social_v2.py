@@ -192,7 +192,17 @@ async def test_a_duplicate_subscription_closes_the_older_stream_normally(nursery
         old = await alice.stream("SubscribeToFriendshipUpdates", v2.FriendshipUpdate)
         await alice.stream("SubscribeToFriendshipUpdates", v2.FriendshipUpdate)
         assert await old.next_batch() is None
+        for name in ("SubscribeToBlockUpdates", "SubscribeToCommunityMemberConnectivityUpdates"):
+            old = await alice.stream(name, v2.BlockUpdate)
+            await alice.stream(name, v2.BlockUpdate)
+            assert await old.next_batch() is None
         assert (await alice.get_friends()).pagination_data.total == 2
+        assert len(server.session(ALICE).streams) == 5
+        await alice.client.close()
+        # Every entry leaves with its stream when the connection ends.
+        with trio.fail_after(5):
+            while social_v2.OpenStream.live:
+                await trio.sleep(0.01)
 
 
 async def test_streams_the_client_expects_to_stay_open_do(nursery):
@@ -379,3 +389,24 @@ async def test_two_instances_through_redis(nursery, redis_server):
                 assert status_of(await updates.next_batch()) == (CAROL.address, v2.OFFLINE)
             assert status_of(await updates.next_batch()) == (BOB.address, v2.OFFLINE)
             assert (await alice.get_friends()).pagination_data.total == 2
+
+
+async def test_profile_and_friendship_metrics(nursery):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from presenced.server.admin import create_app
+
+    with ProfileServer({BOB.address: "bob"}) as catalyst:
+        async with running(nursery, profiles_url=catalyst.base_url) as server:
+            async with server.v2(ALICE) as alice:
+                await alice.get_friends()
+            transport = httpx.ASGITransport(app=create_app(server.hub))
+            async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+                text = (await http.get("/metrics")).text
+    samples = {(s.name, s.labels.get("result")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("presenced_profile_requests_total", "ok")] == 1
+    assert samples[("presenced_profile_lookups_total", "miss")] == 2
+    assert samples[("presenced_profile_cache_entries", None)] == 2
+    assert samples[("presenced_friendship_events_dropped_total", None)] == 0

@@ -37,10 +37,11 @@ class _ResponseTooLarge(Exception):
 
 
 class ProfileSourceStats:
-    __slots__ = ("requests", "failures")
+    __slots__ = ("requests", "answered", "failures")
 
     def __init__(self) -> None:
         self.requests = 0
+        self.answered = 0
         self.failures = 0
 
 
@@ -131,6 +132,7 @@ class ProfileSource:
             log.warning("profile request for %d users failed: %s", len(batch), e or type(e))
             self.cache.failed(batch, self._now_ms())
         else:
+            self.stats.answered += 1
             self.cache.answered(batch, profiles, self._now_ms())
         finally:
             self._wake.set()

@@ -45,7 +45,7 @@ from presenced.services.base import (
     StreamSource,
     Unary,
 )
-from presenced.services.streams import IdleStream, MailboxStream
+from presenced.services.streams import MailboxStream
 
 __all__ = ["MAX_MESSAGE_BYTES", "MODULE", "MODULE_NAME", "PAGE_LIMIT", "encode_connectivity"]
 
@@ -294,16 +294,58 @@ def get_blocking_status(session: Session, payload: bytes) -> bytes:
     return b""
 
 
+class OpenStream:
+    """A stream that stays open and sends nothing, until cancelled or replaced.
+
+    Like the subscriptions, one per (connection, procedure): a client that subscribes again
+    (Godot once did every 30 s) ends its older stream normally instead of piling them up.
+    """
+
+    __slots__ = ("finished", "_key", "_wake")
+
+    # (session, procedure) -> the live stream; an entry leaves when its stream ends.
+    live: dict[tuple[Session, str], OpenStream] = {}
+
+    def __init__(self, session: Session, procedure: str) -> None:
+        self.finished = False
+        self._key = (session, procedure)
+        self._wake: Callable[[], None] | None = None
+        older = self.live.get(self._key)
+        if older is not None:
+            older._replace()
+        self.live[self._key] = self
+
+    def _replace(self) -> None:
+        self.finished = True
+        if self._wake is not None:
+            self._wake()
+
+    def next_item(self) -> bytes | None:
+        return None
+
+    def has_pending(self) -> bool:
+        return False
+
+    def bind(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    def cancel(self) -> int:
+        self._wake = None
+        if self.live.get(self._key) is self:
+            del self.live[self._key]
+        return 0
+
+
 def subscribe_block_updates(session: Session, payload: bytes) -> StreamSource:
     empty_pb2.Empty.FromString(payload)
     # Blocks plug in here: a feed of BlockUpdate; until then the stream stays open, silent.
-    return IdleStream()
+    return OpenStream(session, "SubscribeToBlockUpdates")
 
 
-def stay_open(session: Session, payload: bytes) -> StreamSource:
-    """A stream the client keeps open and we have nothing to send on (communities)."""
+def subscribe_community_members(session: Session, payload: bytes) -> StreamSource:
+    """Communities are not served; the client keeps this stream open, so it stays open."""
     empty_pb2.Empty.FromString(payload)
-    return IdleStream()
+    return OpenStream(session, "SubscribeToCommunityMemberConnectivityUpdates")
 
 
 # ------------------------------------------------------------------ refusals
@@ -351,7 +393,8 @@ MODULE = Module(
         refuse("GetSocialSettings", pb.GetSocialSettingsResponse),
         refuse("UpsertSocialSettings", pb.UpsertSocialSettingsResponse),
         refuse("GetPrivateMessagesSettings", pb.GetPrivateMessagesSettingsResponse),
-        ServerStream("SubscribeToCommunityMemberConnectivityUpdates", stay_open),
+        ServerStream("SubscribeToCommunityMemberConnectivityUpdates",
+                     subscribe_community_members),
         refuse("StartPrivateVoiceChat", pb.StartPrivateVoiceChatResponse),
         refuse("AcceptPrivateVoiceChat", pb.AcceptPrivateVoiceChatResponse),
         refuse("RejectPrivateVoiceChat", pb.RejectPrivateVoiceChatResponse),
