@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -29,15 +28,12 @@ from presenced.server.app import serve
 from presenced.server.config import ServerConfig
 from presenced.store.memory import MemoryStore
 from presenced.v1 import presence_pb2 as pb
+from tests.support.waits import now_ms, wait_until
 
 USERS = [Identity.generate(random.Random(i)) for i in range(4)]
 ALICE, BOB, CAROL, DAVE = USERS
 ONLINE = pb.ONLINE
 OFFLINE = pb.OFFLINE
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Running:
@@ -64,12 +60,6 @@ async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), **overrid
         yield Running(hub, shutdown)
     finally:
         shutdown.set()
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def expect_close(ws, timeout: float = 5.0) -> int:
@@ -190,17 +180,18 @@ async def test_unchanged_heartbeat_tells_nobody(nursery):
                 assert moved.position.x == 2  # the unchanged one produced nothing
 
 
-async def test_heartbeat_errors_are_typed(nursery):
+async def test_heartbeat_errors_are_typed(nursery, mock_clock):
+    # The server's clock follows trio's: jumping the mock clock refills the rate limiter.
     async with running(nursery, engine=EngineConfig(heartbeat_burst=1)) as srv:
         async with srv.client(BOB) as bob:
             assert (await bob.heartbeat("", 0, 0)).WhichOneof("response") == "bad_request"
-            await trio.sleep(1.0)
+            mock_clock.jump(1.0)
             assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
             limited = await bob.heartbeat("main", 1, 0)
             assert limited.WhichOneof("response") == "too_many_requests"
             assert 0 < limited.too_many_requests.retry_after_ms <= 1000
             too_far = Position("main", 5000, 0)
-            await trio.sleep(1.0)
+            mock_clock.jump(1.0)
             r = await bob.heartbeat(too_far.realm, too_far.x, too_far.y)
             assert r.WhichOneof("response") == "bad_request"
             assert "x outside" in r.bad_request.message
