@@ -261,6 +261,43 @@ async def test_oversized_frame_closes_with_1009_and_spares_others(nursery):
     assert srv.hub.metrics.bad_input["oversized"] == 1
 
 
+async def test_a_heartbeat_flood_closes_that_connection_with_1008_only(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        async with alice.subscribe() as updates, srv.client(BOB) as bob:
+            await updates.next_batch()
+            payload = pb.PositionPayload(position=pb.Position(realm="r", x=1, y=1))
+            # Hundreds of heartbeats without waiting for answers: far over 1 a second.
+            for _ in range(300):
+                bob._rpc.call(bob.port_id, bob.procedures["PositionHeartbeat"],
+                              payload.SerializeToString())
+            with pytest.raises(ConnectionEnded) as info:
+                with trio.fail_after(5):
+                    await bob.heartbeat("main", 1, 1)
+            assert (info.value.code, info.value.reason) == (
+                1008, "too many heartbeats: heartbeats far over the limit of 1 per second")
+            # Friends hear that Bob went offline, as after any other close.
+            with trio.fail_after(5):
+                while not any(u.address == BOB.address and u.status == OFFLINE
+                              for u in await updates.next_batch()):
+                    pass
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.disconnects["heartbeat-flood"] == 1
+
+
+async def test_a_message_flood_closes_that_connection_with_1008_only(nursery):
+    async with running(nursery, max_messages_per_s=100, message_burst=200) as srv, \
+            srv.client(ALICE) as alice, srv.client(BOB) as bob:
+        # Frames that change nothing (DESTROY_PORT of no port) but must each be read.
+        for _ in range(400):
+            bob._rpc.destroy_port(999, fresh_number=True)
+        with pytest.raises(ConnectionEnded) as info:
+            with trio.fail_after(5):
+                await bob.heartbeat("main", 1, 1)
+        assert (info.value.code, info.value.reason) == (1008, "too many messages")
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.disconnects["flood"] == 1
+
+
 async def test_unparseable_rpc_frame_closes_that_connection_with_1002_only(nursery):
     async with running(nursery) as srv, srv.client(ALICE) as alice, srv.client(BOB) as bob:
         await bob.ws.send_message(b"\x0d\x00\x00\x00\x78garbage")  # message type 15
