@@ -41,6 +41,9 @@ class Close(Enum):
     # A client too slow to read what it asked for.
     SLOW_CONSUMER = (1008, "slow consumer: send queue full", "slow-consumer")
     STUCK_STREAM = (1008, "slow consumer: stream not acknowledged", "slow-consumer")
+    # A client sending far more than any real client does.
+    FLOOD = (1008, "too many messages", "flood")
+    HEARTBEAT_FLOOD = (1008, "too many heartbeats", "heartbeat-flood")
     # Inbound messages larger than the limit.
     MESSAGE_TOO_BIG = (1009, "message too big", "oversized")
     INTERNAL_ERROR = (1011, "internal error", "error")

@@ -17,6 +17,7 @@ from presenced.profiles.catalyst import (
     request_body,
 )
 from tests.support.profile_server import ProfileServer, catalyst_profile
+from tests.support.waits import wait_until
 
 
 def addr(i: int) -> str:
@@ -153,9 +154,7 @@ async def start(nursery, catalyst, **config) -> ProfileSource:
 
 async def until(predicate) -> None:
     # The server runs in a thread: wait for what it reports, with a deadline, never a guess.
-    with trio.fail_after(10):
-        while not predicate():
-            await trio.sleep(0.005)
+    await wait_until(predicate, timeout=10)
 
 
 async def test_a_burst_of_misses_is_one_request_and_then_served_from_the_cache(

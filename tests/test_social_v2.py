@@ -28,6 +28,7 @@ from presenced.store.memory import MemoryStore
 from presenced.store.redis import RedisStore
 from presenced.v1 import presence_pb2 as v1
 from tests.support.profile_server import ProfileServer
+from tests.support.waits import wait_until
 
 USERS = [Identity.generate(random.Random(200 + i)) for i in range(4)]
 ALICE, BOB, CAROL, DAVE = USERS
@@ -200,9 +201,7 @@ async def test_a_duplicate_subscription_closes_the_older_stream_normally(nursery
         assert len(server.session(ALICE).streams) == 5
         await alice.client.close()
         # Every entry leaves with its stream when the connection ends.
-        with trio.fail_after(5):
-            while social_v2.OpenStream.live:
-                await trio.sleep(0.01)
+        await wait_until(lambda: not social_v2.OpenStream.live)
 
 
 async def test_streams_the_client_expects_to_stay_open_do(nursery):

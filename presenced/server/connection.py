@@ -195,8 +195,8 @@ class Connection:
             return
         if isinstance(data, str):
             data = data.encode()
-        self.last_rx = trio.current_time()
-        self.session.receive(data)
+        self.last_rx = now = trio.current_time()
+        self.session.receive(data, now)
 
     # -------------------------------------------------------------- keepalive
 

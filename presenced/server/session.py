@@ -38,6 +38,7 @@ from presenced.rpc.frames import ProtocolError
 from presenced.rpc.server import RpcServerConnection
 from presenced.services.base import (
     AsyncUnary,
+    CloseConnection,
     ProcedureError,
     ServerStream,
     Services,
@@ -115,6 +116,10 @@ class ClientSession:
             max_streams=config.max_streams_per_connection,
         )
         self.streams: dict[int, _ActiveStream] = {}
+        self._rate = config.max_messages_per_s
+        self._burst = float(config.message_burst)
+        self._budget = self._burst
+        self._budget_at = trio.current_time()
         self._transport = transport
         self._async_calls = 0
         self._closed = False
@@ -173,9 +178,18 @@ class ClientSession:
 
     # ------------------------------------------------------- frames in
 
-    def receive(self, data: bytes) -> None:
-        """Handle one inbound binary message; never raises."""
+    def receive(self, data: bytes, now: float) -> None:
+        """Handle one inbound binary message received at trio time `now`; never raises."""
         hub = self.hub
+        # Token bucket over every inbound message: far above what any real client sends, so
+        # only a flood empties it.
+        budget = min(self._burst, self._budget + (now - self._budget_at) * self._rate)
+        self._budget_at = now
+        if budget < 1.0:
+            hub.metrics.bad_input[Close.FLOOD.label] += 1
+            self._transport.kill(Close.FLOOD)
+            return
+        self._budget = budget - 1.0
         try:
             events = self.rpc.receive_frame(data)
         except ProtocolError as e:
@@ -226,6 +240,9 @@ class ClientSession:
         except ProcedureError as e:
             self.rpc.fail(request.number, e.message, e.code)
             return
+        except CloseConnection as e:
+            self._abuse(e)
+            return
         self.rpc.respond(request.number, response)
 
     def _call_async(self, request: UnaryRequest, procedure: AsyncUnary) -> None:
@@ -242,6 +259,8 @@ class ClientSession:
                 self._bad_payload(number, request.procedure)
             except ProcedureError as e:
                 self.rpc.fail(number, e.message, e.code)
+            except CloseConnection as e:
+                self._abuse(e)
             except Exception:
                 self.hub.metrics.handler_errors += 1
                 log.exception("%s from %s failed", request.procedure, self.address)
@@ -276,10 +295,17 @@ class ClientSession:
         except ProcedureError as e:
             self.rpc.stream_fail(stream_id, e.message, e.code)
             return
+        except CloseConnection as e:
+            self._abuse(e)
+            return
         self._end_stream(stream_id)
         active = self.streams[stream_id] = _ActiveStream(stream_id, source, request.procedure)
         source.bind(lambda: self._wake(active))
         self._pump(active)
+
+    def _abuse(self, e: CloseConnection) -> None:
+        self.hub.metrics.bad_input[e.close.label] += 1
+        self._transport.kill(e.close, e.detail)
 
     def _bad_payload(self, number: int, procedure: str) -> None:
         self.hub.metrics.bad_input["invalid-payload"] += 1

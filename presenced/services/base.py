@@ -13,7 +13,8 @@ order, which is the order of their ids on the wire. A procedure is one of three 
 Handlers see the connection only through `Session`: who is logged in, the engine, the clock, the
 store's friend lists and the shared `Services`. They answer a bad request by raising
 `ProcedureError` (a RemoteError for the client); a payload that does not parse raises protobuf's
-`DecodeError`, which the server answers the same way for every procedure.
+`DecodeError`, which the server answers the same way for every procedure; a client that abuses
+a procedure is disconnected by raising `CloseConnection`.
 
 This layer sits above the engine and below the server: it knows presence, not sockets.
 """
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.model import Presence
 from presenced.profiles import ProfileSource
@@ -31,6 +33,7 @@ from presenced.rpc.modules import ModuleSpec, ProcedureSpec
 
 __all__ = [
     "AsyncUnary",
+    "CloseConnection",
     "Module",
     "Procedure",
     "ProcedureError",
@@ -86,6 +89,15 @@ class Session(Protocol):
     def record_delivery(self, presences: Sequence[Presence]) -> None:
         """Count a stream item carrying `presences` (updates delivered, notify latency)."""
         ...
+
+
+class CloseConnection(Exception):
+    """End the caller's connection with `close` (a client abusing the procedure)."""
+
+    def __init__(self, close: Close, detail: str | None = None) -> None:
+        super().__init__(close.text(detail))
+        self.close = close
+        self.detail = detail
 
 
 class ProcedureError(Exception):

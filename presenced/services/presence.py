@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from presenced.closes import Close
 from presenced.engine import (
+    Abusive,
     Accepted,
     BadRequest,
     HeartbeatOutcome,
@@ -23,7 +25,14 @@ from presenced.engine import (
     TooManyRequests,
 )
 from presenced.model import Position, Presence
-from presenced.services.base import Module, ServerStream, Session, StreamSource, Unary
+from presenced.services.base import (
+    CloseConnection,
+    Module,
+    ServerStream,
+    Session,
+    StreamSource,
+    Unary,
+)
 from presenced.services.streams import BatchStream, MailboxStream
 from presenced.v1 import presence_pb2 as pb
 
@@ -122,6 +131,8 @@ def position_heartbeat(session: Session, payload: bytes) -> bytes:
     if position is None:
         return _NO_POSITION
     outcome = session.engine.heartbeat(session.session_id, position, session.now_ms())
+    if isinstance(outcome, Abusive):
+        raise CloseConnection(Close.HEARTBEAT_FLOOD, outcome.message)
     return encode_heartbeat_outcome(outcome)
 
 
