@@ -83,7 +83,7 @@ class Session(Protocol):
         ...
 
     async def friends_of(self, address: str) -> frozenset[str]:
-        """Any user's friends, from the store (raises `StoreUnavailable`)."""
+        """Any user's friends, from the store (`ProcedureError` while it is unavailable)."""
         ...
 
     def record_delivery(self, presences: Sequence[Presence]) -> None:
