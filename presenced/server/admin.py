@@ -17,7 +17,9 @@ import io
 import ipaddress
 import json
 import logging
+import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,10 +35,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from presenced import __version__
+from presenced.logs import redact_url
 from presenced.model import Position, Presence, normalize_address
 from presenced.server.config import ServerConfig
 from presenced.server.hub import Hub
 from presenced.server.prometheus import build_registry
+from presenced.server.readiness import not_ready_reasons
 from presenced.store.base import StoreUnavailable
 from presenced.store.friends_file import parse_friendships
 
@@ -51,6 +55,10 @@ MAX_PRESENCE_BYTES = 8 * 1024 * 1024
 IMPORT_CHUNK = 10_000
 # Errors listed in a rejected import; the total is always reported.
 MAX_LISTED_ERRORS = 1000
+
+# Handlers that answer during start-up; the others return 503 until the
+# store has loaded.
+PROBES = frozenset({"healthz", "readyz", "metrics", "status"})
 
 # Paths that answer without a token: liveness probes rarely carry one.
 OPEN_PATHS = frozenset({"/healthz"})
@@ -221,6 +229,9 @@ def _endpoint(
 
     async def wrapper(self: _Api, request: Request) -> Response:
         try:
+            if handler.__name__ not in PROBES and not self.hub.ready:
+                # The store has not loaded: nothing it answers would be true yet.
+                raise ApiError(503, "; ".join(self._not_ready()) or "starting")
             return await handler(self, request)
         except ApiError as e:
             return _json({"error": e.message, **e.extra}, e.status)
@@ -256,12 +267,7 @@ class _Api:
         return _json(body)
 
     def _not_ready(self) -> list[str]:
-        reasons = []
-        if not self.hub.ready:
-            reasons.append("starting")
-        if not getattr(self.hub.store, "healthy", True):
-            reasons.append("store unavailable")
-        return reasons
+        return not_ready_reasons(self.hub.phase())
 
     @_endpoint
     async def metrics(self, request: Request) -> Response:
@@ -271,13 +277,22 @@ class _Api:
     @_endpoint
     async def status(self, request: Request) -> Response:
         hub = self.hub
-        engine = hub.config.engine
+        config = hub.config
+        engine = config.engine
+        reasons = self._not_ready()
         return _json({
             "version": __version__,
+            "pid": os.getpid(),
             "instance": hub.store.instance_id,
+            "worker": config.worker_index,
             "store": type(hub.store).__name__,
-            "ready": not self._not_ready(),
-            "now_ms": hub.now_ms(),
+            "store_kind": config.store_kind,
+            "store_url": redact_url(config.redis_url) if config.redis_url else None,
+            "store_healthy": hub.phase().store_healthy,
+            "ready": not reasons,
+            "reasons": reasons,
+            "listen": {"host": config.host, "port": hub.listen_port or config.port},
+            "now_ms": hub.now_ms() if hub.ready else int(time.time() * 1000),
             "connections": len(hub.live),
             "sessions": len(hub.connections),
             "online_users": hub.engine.online_count,

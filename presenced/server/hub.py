@@ -20,6 +20,7 @@ from presenced.model import Presence, PresenceWrite
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
 from presenced.server.metrics import Metrics
+from presenced.server.readiness import Phase
 from presenced.store.base import (
     Expired,
     Friendship,
@@ -65,10 +66,18 @@ class Hub:
         # Idle connections are pinged often enough that a live one can never
         # reach the TTL, whatever --ping-interval says.
         self.ping_interval_s = min(config.ping_interval_s, config.engine.ttl_ms / 4000)
+        # Started (the store loaded), and shutting down: what /readyz reports.
         self.ready = False
+        self.stopping = False
         self.listen_port = 0
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
+
+    def phase(self) -> Phase:
+        """Where this instance is in its life, for /readyz and the metrics."""
+        return Phase(started=self.ready, stopping=self.stopping,
+                     store_healthy=bool(getattr(self.store, "healthy", True)),
+                     store=self.config.store_kind)
 
     def now_ms(self) -> int:
         assert self._clock is not None, "Hub.run() has not started"
