@@ -164,8 +164,10 @@ def _read_lines(file: Path) -> list[str]:
     try:
         if str(file) == "-":
             # Universal newlines, as the daemon reads files, so line numbers agree.
-            return io.StringIO(sys.stdin.buffer.read().decode("utf-8"), newline=None).readlines()
-        with open(file, encoding="utf-8", newline=None) as f:
+            # utf-8-sig: a byte-order mark (spreadsheets write one) is dropped.
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+            return io.StringIO(text, newline=None).readlines()
+        with open(file, encoding="utf-8-sig", newline=None) as f:
             return f.readlines()
     except UnicodeDecodeError as e:
         fail(f"{file}: not UTF-8 text (byte {e.start})")

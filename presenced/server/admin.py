@@ -364,7 +364,7 @@ class _Api:
         # Universal newlines, as when the daemon reads --friends, so line
         # numbers agree with any editor's.
         lines = io.StringIO(text, newline=None).readlines()
-        pairs, errors = parse_friendships(lines)
+        pairs, errors = parse_friendships(lines, first_line=first_line)
         if errors:
             listed = [{"line": e.line + first_line - 1, "message": e.message}
                       for e in errors[:MAX_LISTED_ERRORS]]

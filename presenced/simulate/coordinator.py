@@ -135,7 +135,7 @@ class Coordinator:
         graph = SocialGraph.generate(config.users, config.avg_friends, config.seed)
         addresses = [""] * config.users
         seeded = None
-        marks: dict[str, float] = {}
+        times: dict[str, float] = {}
         try:
             self._pump(lambda: all(h.addresses is not None for h in self.handles), None,
                        "the workers to derive identities")
@@ -150,47 +150,47 @@ class Coordinator:
                 seeded = self.seeder(graph, addresses)
 
             self.phase = "ramp"
-            marks["go"] = time.monotonic()
+            times["go"] = time.monotonic()
             for h in self.handles:
                 h.send(("go", addresses))
             # Each attempt ends within two timeouts (connect, then login) of
             # its slot; the rest is slack for a loaded machine.
             ramp_limit = (1.5 * len(self.population.online) / config.ramp
                           + 2 * config.connect_timeout_s + 60)
-            self._pump(lambda: all(h.ramped for h in self.handles), marks["go"] + ramp_limit,
+            self._pump(lambda: all(h.ramped for h in self.handles), times["go"] + ramp_limit,
                        "the initial logins")
 
             self.phase = "load"
-            marks["load"] = time.monotonic()
-            self.matcher.measure_from = marks["load"]
+            times["load"] = time.monotonic()
+            self.matcher.measure_from = times["load"]
             for h in self.handles:
-                h.send(("load", marks["load"]))
-            self._pump(lambda: False, marks["load"] + config.duration_s, "")
+                h.send(("load", times["load"]))
+            self._pump(lambda: False, times["load"] + config.duration_s, "")
         except _Interrupted:
             self.ui.note("interrupted: stopping the virtual users and reporting what was "
                          "measured so far")
         self._winding_down = True
-        finals_expected = "go" in marks
+        finals_expected = "go" in times
 
         self.phase = "stopping"
-        marks["stop"] = time.monotonic()
+        times["stop"] = time.monotonic()
         if finals_expected:
             for h in self.handles:
                 h.send(("stop",))
             self._pump(lambda: all(h.stopped for h in self.handles),
-                       marks["stop"] + config.connect_timeout_s + 30,
+                       times["stop"] + config.connect_timeout_s + 30,
                        "the virtual users to stop")
 
         self.phase = "settling"
-        marks["settle"] = time.monotonic()
+        times["settle"] = time.monotonic()
         if not self.interrupted:
-            self._pump(lambda: False, marks["settle"] + config.settle_s, "")
-        marks["report"] = time.monotonic()
+            self._pump(lambda: False, times["settle"] + config.settle_s, "")
+        times["report"] = time.monotonic()
         if finals_expected:
             for h in self.handles:
                 h.send(("report",))
             self._pump(lambda: all(h.final is not None for h in self.handles),
-                       marks["report"] + 60, "the final reports")
+                       times["report"] + 60, "the final reports")
         # Nobody has sent anything since "stop", and every worker's sends up
         # to its report are in: match what waited for a slower worker.
         for receipt in self.pending:
@@ -211,8 +211,8 @@ class Coordinator:
         convergence: Convergence = Convergence() if self.interrupted else check_convergence(
             graph.adjacency(), [h.final for h in self.handles if h.final is not None],
             addresses, config.realms)
-        t_go = marks.get("go", marks["stop"])
-        t_load = marks.get("load", marks["stop"])
+        t_go = times.get("go", times["stop"])
+        t_load = times.get("load", times["stop"])
         workers = []
         rates: Counter[str] = Counter()
         connected_at_stop = 0
@@ -244,8 +244,8 @@ class Coordinator:
             totals=self.totals,
             rates=rates,
             connected_at_stop=connected_at_stop,
-            phases={"ramp": t_load - t_go, "load": marks["stop"] - t_load,
-                    "settle": marks["report"] - marks["settle"],
+            phases={"ramp": t_load - t_go, "load": times["stop"] - t_load,
+                    "settle": times["report"] - times["settle"],
                     "total": t_end - self.started},
             peak_connections=self.peak_connections,
             convergence=convergence,
