@@ -25,6 +25,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "auth": (*TOP, "presenced.engine", "presenced.store"),
     "engine": (*TOP, "presenced.store"),
     "store": TOP,
+    # The log set-up is used by every layer, so it imports none of them.
+    "logs.py": (*TOP, "presenced.engine", "presenced.store", "presenced.rpc",
+                "presenced.auth", "presenced.model"),
 }
 
 

@@ -29,7 +29,7 @@ def spreadsheet_csv(tmp_path, name: str = "friends.csv"):
     path.write_bytes(("\ufeffaddress_a,address_b\r\n"
                       f"{a},{b}\r\n"
                       f'"{a}","{c}"\r\n'
-                      f"{c.upper().replace('0X', '0x')},{d}\r\n").encode("utf-8"))
+                      f"{c.upper().replace('0X', '0x')},{d}\r\n").encode())
     return path
 
 
@@ -193,3 +193,47 @@ def test_simulate_target_from_the_environment():
     # itself works, against the target from the environment.
     summary = json.loads(result.stdout)
     assert summary["targets"] == [daemon.url]
+
+
+# --------------------------------------------------------------------- logs
+
+
+def test_admin_changes_leave_an_audit_trail():
+    a, b, c, _ = ADDRESSES
+    with Daemon() as daemon:
+        for args in (["friends", "add", a, b], ["friends", "add", a, c],
+                     ["friends", "remove", a, b]):
+            assert run_cli_process(args, admin_url=daemon.admin_url).returncode == 0
+        daemon.stop()
+        log = daemon.log()
+    audit = [line for line in log.splitlines() if "presenced.audit" in line]
+    assert f"admin friendship-add by 127.0.0.1 [presenced/{__version__} friends add]: " \
+           f"{min(a, b)} {max(a, b)}, 1 changed" in audit[0]
+    # The second add within the interval is held back, not lost: counted.
+    assert len(audit) == 2 and "friendship-remove" in audit[1]
+
+
+def test_each_worker_says_which_it_is_in_json_logs():
+    from tests.support.admin import redis_store_available
+    from tests.support.redis_server import RedisServer
+
+    missing = redis_store_available()
+    if missing is not None:
+        pytest.skip(missing)
+    with RedisServer() as redis:
+        daemon = Daemon("--workers", "2", "--redis-url", redis.url, "--log-format", "json",
+                        admin_ports=2).start()
+        try:
+            deadline = time.monotonic() + 20
+            while daemon.log().count('"event": "ready"') < 2:
+                assert time.monotonic() < deadline, daemon.log()
+                time.sleep(0.1)
+        finally:
+            daemon.stop()
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    starts = {line["worker"]: line for line in lines if line.get("event") == "start"}
+    assert set(starts) == {"worker 0", "worker 1"}
+    assert len({s["instance"] for s in starts.values()}) == 2
+    assert len({s["pid"] for s in starts.values()}) == 2
+    assert any(line.get("worker") == "supervisor" for line in lines)
+    assert all("worker" in line for line in lines)

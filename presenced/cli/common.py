@@ -152,7 +152,12 @@ class AdminClient:
         import httpx
 
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        from presenced import __version__
+
+        # Names the tool in the daemon's audit trail.
+        headers = {"User-Agent": f"presenced/{__version__} {_command_name()}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             # trust_env=False: a proxy from the environment must not capture
             # calls to a daemon on loopback.
@@ -204,6 +209,12 @@ class AdminClient:
                 message = response.text.strip()[:200] or response.reason_phrase
             raise ApiFailure(f"{message} ({status})", status, body)
         return body
+
+
+def _command_name() -> str:
+    """`who-online`, `friends add`…: the subcommand this process runs."""
+    words = [a for a in sys.argv[1:3] if a[:1].isalpha() and a.replace("-", "").isalpha()]
+    return " ".join(words) or "cli"
 
 
 class ApiFailure(CliError):

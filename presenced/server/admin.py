@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from presenced import __version__
-from presenced.logs import redact_url
+from presenced.logs import RateLimit, redact_url
 from presenced.model import Position, Presence, normalize_address
 from presenced.server.config import ServerConfig
 from presenced.server.hub import Hub
@@ -45,6 +45,7 @@ from presenced.store.base import StoreUnavailable
 from presenced.store.friends_file import parse_friendships
 
 log = logging.getLogger("presenced.admin")
+audit_log = logging.getLogger("presenced.audit")
 
 # Request bodies: imports may be large files (the CLI sends bigger ones in
 # chunks), everything else is small.
@@ -251,6 +252,7 @@ class _Api:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.registry = build_registry(hub)
+        self.audit = AuditTrail(hub.config.admin_token is not None)
 
     # ------------------------------------------------------------- probes
 
@@ -342,12 +344,14 @@ class _Api:
     async def add_friendship(self, request: Request) -> Response:
         a, b = self._pair(request)
         added = await self.hub.add_friendships([(a, b)])
+        self.audit.record(request, "friendship-add", f"{a} {b}", changed=len(added))
         return _json({"a": a, "b": b, "added": bool(added)}, 201 if added else 200)
 
     @_endpoint
     async def remove_friendship(self, request: Request) -> Response:
         a, b = self._pair(request)
         removed = await self.hub.remove_friendships([(a, b)])
+        self.audit.record(request, "friendship-remove", f"{a} {b}", changed=len(removed))
         return _json({"a": a, "b": b, "removed": bool(removed)})
 
     def _pair(self, request: Request) -> tuple[str, str]:
@@ -379,9 +383,14 @@ class _Api:
             try:
                 added += len(await self.hub.add_friendships(unique[start:start + IMPORT_CHUNK]))
             except StoreUnavailable as e:
+                self.audit.record(request, "friendship-import",
+                                  f"{len(unique)} friendships (failed part-way)", changed=added)
                 raise ApiError(503, f"store unavailable after {start} of {len(unique)} "
                                     f"friendships: {e}", added=added) from None
             await trio.lowlevel.checkpoint()
+        self.audit.record(request, "friendship-import",
+                          f"{len(unique)} friendships from lines {first_line}-"
+                          f"{first_line + len(lines) - 1}", changed=added)
         return _json({
             "lines": len(lines),
             "friendships": len(unique),
@@ -419,7 +428,46 @@ class _Api:
                            errors=errors[:MAX_LISTED_ERRORS], error_count=len(errors))
         for address, position in valid:
             self.hub.inject_presence(address, position)
+        self.audit.record(request, "presence-inject", f"{len(valid)} synthetic users",
+                          changed=len(valid))
         return _json({"injected": len(valid), "now_ms": self.hub.now_ms()})
+
+
+# -------------------------------------------------------------- audit trail
+
+
+class AuditTrail:
+    """One log line per change made through the admin API: who, what, how many.
+
+    `seed friendships` sends a large file as many requests and scripts call
+    `friends add` in loops, so lines are rate-limited per (action, client):
+    the first of a burst is written, the next one after AUDIT_INTERVAL_S
+    carries the count of those in between and their total changes.
+    """
+
+    def __init__(self, token_required: bool, interval_s: float = 10.0) -> None:
+        self.token_required = token_required
+        self.limit = RateLimit(interval_s)
+        # Changes made by the lines the rate limit held back, per cause.
+        self._held: dict[tuple[str, str], int] = {}
+
+    def record(self, request: Request, action: str, what: str, *, changed: int) -> None:
+        client = request.client.host if request.client is not None else "unknown"
+        agent = request.headers.get("user-agent", "")
+        who = client + (" (token)" if self.token_required else "")
+        cause = (action, who)
+        note = self.limit.allow(cause)
+        if note is None:
+            self._held[cause] = self._held.get(cause, 0) + changed
+            return
+        held = self._held.pop(cause, 0)
+        if note and held:
+            note = note[:-1] + f", {held} changes)"
+        audit_log.info("admin %s by %s%s: %s, %d changed%s", action, who,
+                       f" [{agent}]" if agent else "", what, changed, note,
+                       extra={"fields": {"event": "admin", "action": action, "client": client,
+                                         "user_agent": agent, "what": what,
+                                         "changed": changed}})
 
 
 # ---------------------------------------------------------------- helpers

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from presenced.engine import PresenceEngine
+from presenced.logs import RateLimit
 from presenced.model import Presence, PresenceWrite
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
@@ -72,6 +73,8 @@ class Hub:
         self.listen_port = 0
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
+        # Lines about repeating causes (resyncs, sweeps): one per minute each.
+        self._log_limit = RateLimit(60.0)
 
     def phase(self) -> Phase:
         """Where this instance is in its life, for /readyz and the metrics."""
@@ -134,6 +137,10 @@ class Hub:
                 log.debug("expiry sweep failed", exc_info=True)
                 continue
             now = self.now_ms()
+            if expired and (note := self._log_limit.allow("sweep")) is not None:
+                log.info("claimed %d expired users from vanished instances%s", len(expired),
+                         note, extra={"fields": {"event": "expiry-claim",
+                                                 "users": len(expired)}})
             for start in range(0, len(expired), EXPIRY_STEP):
                 if start:
                     await trio.lowlevel.checkpoint()
@@ -167,8 +174,11 @@ class Hub:
         # without anyone reconnecting.
         for presence in self.engine.owned_presences():
             self.store.write(PresenceWrite(presence, True))
-        log.info("resynchronised with the store (%s): %d users online elsewhere",
-                 event.reason, len(self.engine.remote_users()))
+        note = self._log_limit.allow(("resync", event.reason))
+        if note is not None:
+            log.info("resynchronised with the store (%s): %d users online elsewhere%s",
+                     event.reason, len(self.engine.remote_users()), note,
+                     extra={"fields": {"event": "resync", "reason": event.reason}})
 
     # --------------------------------------------------------- admin actions
 
