@@ -3,7 +3,8 @@
 Its exit status is meant for health checks (a container's HEALTHCHECK, a
 systemd ExecStartPost, a script): 0 when the daemon is ready, 1 when it is
 not (starting, shutting down, its store unreachable) or cannot be reached.
-With --live, 0 as soon as the daemon answers at all.
+With --live, 0 as soon as the daemon answers at all. Readiness is the
+daemon's `/readyz`, what a load balancer or an orchestrator probes.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ def status(
     container health check as it is.
     """
     with AdminClient(admin_url, token, timeout=timeout) as client:
+        # Readiness as a load balancer sees it (/readyz), then the details.
         try:
-            body: dict[str, Any] = client.get("/v1/status")
+            readiness = client.get("/readyz")
         except ApiFailure as e:
-            # A daemon from before /v1/status answered during start-up.
             if e.status != 503 or not isinstance(e.body, dict):
                 raise
-            body = {"ready": False, "reasons": [e.body.get("error", "not ready")]}
+            readiness = e.body
+        body: dict[str, Any] = {**client.get("/v1/status"), "ready": readiness.get("ready"),
+                                "reasons": readiness.get("reasons", [])}
     ok = bool(body.get("ready")) or live
     if json_output:
         print_json({**body, "admin_url": client.url, "alive": True})

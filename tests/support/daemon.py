@@ -86,9 +86,12 @@ class Daemon:
     """`presenced serve` on free ports; `args` are extra command-line options."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, admin_ports: int = 1
+        self, *args: str, env: dict[str, str] | None = None, admin_ports: int = 1,
+        command: list[str] | None = None,
     ) -> None:
         self.args = list(args)
+        # What runs `presenced` (the built binary, in tests/test_binary.py).
+        self.command = command or [sys.executable, "-m", "presenced"]
         self.env = env or {}
         self.port = free_port()
         # `--workers N` serves admin endpoints on N consecutive ports.
@@ -111,7 +114,7 @@ class Daemon:
         """Start and wait until ready (`ready=False`: until the admin port answers)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [
-            sys.executable, "-m", "presenced", "serve",
+            *self.command, "serve",
             "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args,
         ]
         with open(self._log.name, "ab") as log:
