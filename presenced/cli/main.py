@@ -218,7 +218,21 @@ def serve(
              "syntax) and print the effective settings, then exit 0, or 2 with the problem. "
              "Nothing is started: no port is bound and Redis is not contacted.")] = False,
 ) -> None:
-    """Run the presence daemon."""
+    """Run the presence daemon.
+
+    Start-up binds both ports first (a port in use fails at once), then
+    serves the admin endpoint: /healthz answers, /readyz is 503 with the
+    reason ("starting: waiting for Redis") until the store has loaded and
+    the WebSocket port listens. SIGTERM or SIGINT stop the daemon at any
+    moment, start-up included: connections are closed with 1001 and the
+    exit status is 0. A start that cannot complete within --startup-timeout
+    ends with one line on standard error and exit status 1.
+
+    The log (standard error) has one line per notable event: the start-up
+    line (version, pid, instance id, worker, store, ports, limits), ready,
+    Redis lost and back, resynchronisations, shutdown, and an audit trail
+    of admin changes; with --workers each line names its worker.
+    """
     config = build_config(ctx.params)
     level, fmt = _choice(log_level), _choice(log_format)
     if check:
