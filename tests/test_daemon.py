@@ -215,3 +215,22 @@ def test_serve_check_prints_the_effective_settings_and_starts_nothing(tmp_path):
     bad.write_text("0xabc,0xdef\n")
     result = serve_once("--check", "--friends", str(bad))
     assert result.returncode == 2 and "line 1" in one_line(result.stderr)
+
+
+def test_workers_waiting_for_redis_stop_on_sigterm_and_time_out_as_one(absent_redis):
+    daemon = Daemon("--workers", "2", "--redis-url", absent_redis.url,
+                    admin_ports=2).start(ready=False)
+    try:
+        wait_for_port("127.0.0.1", daemon.admin_port + 1, 20, daemon.proc)
+        for port in (daemon.admin_port, daemon.admin_port + 1):
+            status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+            assert status == 503 and "waiting for Redis" in body
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc.wait(15) == 0
+    finally:
+        daemon.stop()
+    result = serve_once("--workers", "2", "--redis-url", absent_redis.url, "--port", "0",
+                        "--admin-port", "0", "--startup-timeout", "1")
+    assert result.returncode == 1, result.stderr
+    assert "gave up after 1 s of start-up" in result.stderr
+    assert "Traceback" not in result.stderr

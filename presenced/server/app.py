@@ -24,7 +24,7 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from presenced import __version__
 from presenced.errors import leaf_exceptions
-from presenced.logs import redact_url
+from presenced.logs import RateLimit, redact_url
 from presenced.server import admin, closecodes, runtime
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
@@ -248,6 +248,7 @@ async def _serve_connections(
 ) -> None:
     """Accept WebSockets until `shutdown`, then close them all with 1001."""
     config = hub.config
+    errors_logged = RateLimit(60.0)
 
     async def handle(request: WebSocketRequest) -> None:
         # trio-websocket runs this in the server's nursery: anything escaping
@@ -257,9 +258,12 @@ async def _serve_connections(
         except (ConnectionClosed, OSError) as e:
             # The client went away during the handshake (a reset, a port scan).
             log.debug("connection dropped during the handshake: %r", e)
-        except Exception:
+        except Exception as e:
             hub.metrics.handler_errors += 1
-            log.exception("unexpected error while accepting a connection")
+            # A bug hit by every new client must not flood the log.
+            note = errors_logged.allow(type(e))
+            if note is not None:
+                log.exception("unexpected error while accepting a connection%s", note)
 
     async def accept(request: WebSocketRequest) -> None:
         ws = await request.accept()
