@@ -34,6 +34,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "services": (*TOP, "presenced.store"),
     "store": (*TOP, "presenced.services"),
     "profiles": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth"),
+    # The log set-up is used by every layer, so it imports none of them.
+    "logs.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
 }
 
 

@@ -60,6 +60,17 @@ class ServerConfig:
     workers: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
 
+    # Seconds start-up may take (mostly: waiting for Redis) before the
+    # daemon gives up with exit status 1; 0 waits for ever.
+    startup_timeout_s: float = 60.0
+    # Which worker of `serve --workers N` this process is (None: the only one).
+    worker_index: int | None = None
+
+    @property
+    def store_kind(self) -> str:
+        """The store by name, as logs, /readyz and /v1/status show it."""
+        return "redis" if self.redis_url else "memory"
+
     def redis_store_config(self) -> RedisStoreConfig:
         """The Redis store's settings, taken from the server's and the engine's."""
         return RedisStoreConfig(
