@@ -53,9 +53,9 @@ from presenced.rpc.events import (
     StreamOffered,
 )
 from presenced.rpc.frames import MessageType, ProtocolError, pack_id
-from presenced.server.ws_frames import unmask
 from presenced.services.presence import MODULE_NAME, POSITION_HEARTBEAT, SUBSCRIBE
 from presenced.v1 import presence_pb2 as pb
+from presenced.ws.frames import unmask
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
