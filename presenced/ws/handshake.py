@@ -292,7 +292,7 @@ class ClientHandshake:
         status = int(code)
         if status != 101:
             text = phrase.decode("latin-1")
-            raise HandshakeFailed(f"handshake refused: {status} {text}", status)
+            raise HandshakeFailed(f"handshake refused: {status} {text}".rstrip(), status)
         if "websocket" not in _tokens(headers.get("upgrade")) or "upgrade" not in _tokens(
                 headers.get("connection")):
             raise HandshakeFailed("bad handshake response: no Upgrade: websocket", status)
