@@ -4,7 +4,10 @@ websockets and trio-websocket; the poller alone."""
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
 
 import pytest
 import trio
@@ -475,3 +478,76 @@ async def test_a_cancelled_poller_closes_its_set_and_refuses_more():
 
 def test_the_codec_a_transport_starts_with_is_open():
     assert Codec(client=True, max_message_bytes=10).state.name == "OPEN"
+
+
+# ------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for localhost and 127.0.0.1 (cert, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def tls_server(nursery, certificate) -> int:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+
+    async def handler(request):
+        ws = await request.accept()
+        while True:
+            message = await ws.get_message()
+            if message == "close please":
+                await ws.aclose(4006, "tls bye")
+                return
+            await ws.send_message(message)
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, context)
+    return server.port
+
+
+async def test_our_client_over_tls_against_a_trio_websocket_server(nursery, poller,
+                                                                   certificate):
+    port = await tls_server(nursery, certificate)
+    client = Recorder()
+    sock = await open_socket("127.0.0.1", port)
+    client.transport = connect(
+        sock, poller, client, host=f"localhost:{port}", spawn=nursery.start_soon,
+        max_message_bytes=LIMIT, queue_limit_bytes=QUEUE,
+        ssl_context=ssl.create_default_context(cafile=certificate[0]))
+    OPENED.append(client.transport)
+    with trio.fail_after(10):
+        await client.opened.wait()
+    for message in (b"secret", "text", bytes(200_000)):
+        client.transport.send_text(message) if isinstance(message, str) \
+            else client.transport.send_binary(message)
+    await client.wait_for(3)
+    assert client.messages == [b"secret", "text", bytes(200_000)]
+    client.transport.send_text("close please")
+    with trio.fail_after(10):
+        await client.closed.wait()
+        await client.transport.wait_closed()
+    assert client.closed_with == (4006, "tls bye")
+
+
+async def test_a_certificate_that_does_not_verify_fails_the_handshake(nursery, poller,
+                                                                     certificate):
+    port = await tls_server(nursery, certificate)
+    client = Recorder()
+    sock = await open_socket("127.0.0.1", port)
+    client.transport = connect(sock, poller, client, host="localhost", spawn=nursery.start_soon,
+                               max_message_bytes=LIMIT, queue_limit_bytes=QUEUE,
+                               ssl_context=ssl.create_default_context())
+    with trio.fail_after(10):
+        await client.closed.wait()
+    assert not client.transport.opened and client.transport.closed
+    assert "CERTIFICATE_VERIFY_FAILED" in str(client.transport.handshake_error)

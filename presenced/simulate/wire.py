@@ -12,7 +12,8 @@ Here each connection is a `presenced.ws` transport in the client role: read
 by the run's one poller task (no reader task per connection), each stream
 item handed to the subscriber's callback synchronously and its ACK written
 with one non-blocking `send()`; only bytes the kernel does not take wait
-for a writer task, started when needed. The frames sent are the same as
+for a writer task, started when needed. wss:// is TLS in memory inside the
+transport (`ssl.SSLObject`), on the same poller. The frames sent are the same as
 `PresenceClient`'s (masked client frames, the same RPC frames in the same
 order, an ACK after each item is processed, a stream cancel and a 1000 close
 when a session ends), and failures surface as the same exceptions, so the
@@ -21,6 +22,7 @@ simulator's error classification is unchanged.
 
 from __future__ import annotations
 
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -125,10 +127,12 @@ class WireClient:
         with the server's close code, `RemoteError`, `ProtocolError`.
         """
         parts = urlsplit(url)
-        if parts.scheme != "ws" or not parts.hostname:
-            raise ValueError(f"expected a ws:// URL, got {url!r}")
-        port = parts.port or 80
-        host_header = parts.hostname if port == 80 else f"{parts.hostname}:{port}"
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
+        tls = ssl.create_default_context() if parts.scheme == "wss" else None
+        default_port = 443 if tls else 80
+        port = parts.port or default_port
+        host_header = parts.hostname if port == default_port else f"{parts.hostname}:{port}"
         resource = parts.path or "/"
         if parts.query:
             resource += "?" + parts.query
@@ -140,7 +144,8 @@ class WireClient:
                     client._transport = connect(
                         sock, current_poller(), client, host=host_header, resource=resource,
                         spawn=client._spawn, max_message_bytes=_MAX_MESSAGE_BYTES,
-                        queue_limit_bytes=_QUEUE_LIMIT_BYTES, close_timeout_s=disconnect_timeout)
+                        queue_limit_bytes=_QUEUE_LIMIT_BYTES, close_timeout_s=disconnect_timeout,
+                        ssl_context=tls, server_hostname=parts.hostname)
                     await client._handshaken.wait()
             except trio.TooSlowError:
                 raise ConnectionTimeout from None

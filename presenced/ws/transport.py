@@ -28,6 +28,10 @@ delivered:
   before the peer reads it);
 - the stream ends or breaks, or the handshake fails: 1006.
 
+In the client role the socket may carry TLS (`connect(ssl_context=...)`):
+an `ssl.SSLObject` between the socket and the codec, in memory, so a wss://
+connection is read by the same poller and written by the same queue.
+
 The handler's methods run in the poller's task and must not block; an
 exception from one is logged and ends the connection with 1011. A handler
 may call the transport from them (send, close) and from anywhere else in
@@ -39,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -88,6 +93,7 @@ class Handler(Protocol):
     def on_closed(self, code: int, reason: str) -> None: ...
 
 
+_TLS_HANDSHAKE = -1
 _HANDSHAKE = 0
 _OPEN = 1
 _CLOSING = 2
@@ -103,13 +109,13 @@ class Transport:
     """Use `accept()` (server) or `connect()` (client)."""
 
     __slots__ = ("sock", "fd", "codec", "handler", "poller", "spawn", "queue_limit_bytes",
-                 "close_timeout_s", "opened", "handshake_error", "_state", "_handshake",
+                 "close_timeout_s", "opened", "handshake_error", "tls", "_state", "_handshake",
                  "_pending", "_writing", "_then", "_notified", "_timer", "_done")
 
     def __init__(self, sock: socket.socket, codec: Codec,
                  handshake: ServerHandshake | ClientHandshake, poller: Poller,
                  handler: Handler, *, spawn: Spawn, queue_limit_bytes: int,
-                 close_timeout_s: float) -> None:
+                 close_timeout_s: float, tls: _Tls | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.fd = sock.fileno()
@@ -123,7 +129,9 @@ class Transport:
         self.opened = False
         # Client: why the server did not accept the upgrade.
         self.handshake_error: HandshakeFailed | None = None
-        self._state = _HANDSHAKE
+        # TLS (client role only), done in memory between the socket and the codec.
+        self.tls = tls
+        self._state = _TLS_HANDSHAKE if tls is not None else _HANDSHAKE
         self._handshake: ServerHandshake | ClientHandshake | None = handshake
         self._pending = bytearray()
         self._writing = False
@@ -200,7 +208,7 @@ class Transport:
     def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake (see the module docstring); returns at once."""
         state = self._state
-        if state is _HANDSHAKE:
+        if state is _HANDSHAKE or state is _TLS_HANDSHAKE:
             self._notify(ABNORMAL_CLOSURE, "closed during the handshake")
             self._teardown()
         elif state is _OPEN:
@@ -229,6 +237,10 @@ class Transport:
     # ------------------------------------------------------------- reading
 
     def _start(self, first: bytes = b"") -> None:
+        if self.tls is not None:
+            self.poller.add(self.fd, self._on_readable)
+            self._tls_handshake(None)
+            return
         if first:
             self._write(first)
         self.poller.add(self.fd, self._on_readable)
@@ -241,6 +253,17 @@ class Transport:
             return
         except OSError:
             data = b""
+        if self.tls is not None:
+            self._on_tls_data(data)
+            return
+        state = self._state
+        if state is _OPEN or state is _CLOSING:
+            codec = self.codec
+            self._deliver(codec.receive(data) if data else codec.receive_eof())
+        elif state is _HANDSHAKE:
+            self._on_handshake_data(data)
+
+    def _on_plaintext(self, data: bytes) -> None:
         state = self._state
         if state is _OPEN or state is _CLOSING:
             codec = self.codec
@@ -330,6 +353,57 @@ class Transport:
         if trailing and self._state is _OPEN:
             self._deliver(self.codec.receive(trailing))
 
+    # ----------------------------------------------------------------- TLS
+
+    def _tls_handshake(self, data: bytes | None) -> None:
+        tls = self.tls
+        assert tls is not None
+        if data is not None:
+            tls.feed(data)
+        try:
+            tls.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._write_raw(tls.take())
+            if data == b"":
+                self._handshake_failed("connection closed during the TLS handshake")
+            return
+        except (ssl.SSLError, ValueError) as e:
+            self._write_raw(tls.take())
+            self._handshake_failed(f"TLS: {e}")
+            return
+        self._write_raw(tls.take())
+        self._state = _HANDSHAKE
+        handshake = self._handshake
+        assert isinstance(handshake, ClientHandshake)
+        self._write(handshake.request)
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.handshake_error = HandshakeFailed(reason)
+        self._notify(ABNORMAL_CLOSURE, reason)
+        self._teardown()
+
+    def _on_tls_data(self, raw: bytes) -> None:
+        tls = self.tls
+        assert tls is not None
+        state = self._state
+        if state is _TLS_HANDSHAKE:
+            self._tls_handshake(raw)
+            if self._state is not _HANDSHAKE:
+                return
+            # Data may have come with the last handshake records: read on.
+        elif state is _CLOSED:
+            return
+        else:
+            tls.feed(raw)
+        data, ended = tls.decrypt()
+        answer = tls.take()  # TLS's own records (alerts, key updates)
+        if answer:
+            self._write_raw(answer)
+        if data:
+            self._on_plaintext(data)
+        if ended and self._state is not _CLOSED:
+            self._on_plaintext(b"")
+
     # ----------------------------------------------------------- the end
 
     def _notify(self, code: int, reason: str) -> None:
@@ -347,7 +421,7 @@ class Transport:
             self._state = _CLOSING
             self._write(self.codec.close(close.code, close.text(detail)))
             self._start_timer()
-        elif self._state is _HANDSHAKE:
+        elif self._state is _HANDSHAKE or self._state is _TLS_HANDSHAKE:
             self._teardown()
         self._notify(close.code, close.text(detail))
 
@@ -410,6 +484,16 @@ class Transport:
 
     def _write(self, data: bytes) -> None:
         """Send now what the kernel takes; queue the rest for the writer (no bound here)."""
+        if self.tls is not None:
+            if self._state is _CLOSED:
+                return
+            try:
+                data = self.tls.encrypt(data)
+            except ssl.SSLError:
+                return  # broken: reading will see it
+        self._write_raw(data)
+
+    def _write_raw(self, data: bytes) -> None:
         pending = self._pending
         if not pending:
             if self._state is _CLOSED:
@@ -454,6 +538,45 @@ class Transport:
             self._shutdown_write()
 
 
+class _Tls:
+    """A TLS client in memory (`ssl.SSLObject` over two BIOs)."""
+
+    __slots__ = ("obj", "_in", "_out")
+
+    def __init__(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+
+    def feed(self, raw: bytes) -> None:
+        if raw:
+            self._in.write(raw)
+        else:
+            self._in.write_eof()
+
+    def take(self) -> bytes:
+        """Bytes TLS wants sent."""
+        return self._out.read()
+
+    def encrypt(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self._out.read()
+
+    def decrypt(self) -> tuple[bytes, bool]:
+        """(the plaintext available, the stream ended)."""
+        chunks = []
+        ended = False
+        try:
+            while chunk := self.obj.read(RECV_BYTES):
+                chunks.append(chunk)
+            ended = True  # read() returns b"" at a clean end
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            ended = True  # an unclean end or a broken stream: lost either way
+        return b"".join(chunks), ended
+
+
 class _NoHandler:
     def on_open(self, request: UpgradeRequest | None) -> None:
         pass
@@ -488,13 +611,20 @@ def accept(sock: socket.socket, poller: Poller, handler: Handler, *, spawn: Spaw
 
 def connect(sock: socket.socket, poller: Poller, handler: Handler, *, host: str,
             resource: str = "/", spawn: Spawn, max_message_bytes: int,
-            queue_limit_bytes: int, close_timeout_s: float = 5.0) -> Transport:
-    """Open a WebSocket over a connected socket: the request goes out now, the
-    outcome comes to `handler.on_open` (or `on_closed`, with `handshake_error`)."""
+            queue_limit_bytes: int, close_timeout_s: float = 5.0,
+            ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None
+            ) -> Transport:
+    """Open a WebSocket over a connected socket: the request goes out now (after
+    the TLS handshake with `ssl_context`), the outcome comes to
+    `handler.on_open` (or `on_closed`, with `handshake_error`)."""
     handshake = ClientHandshake(host, resource)
+    tls = None
+    if ssl_context is not None:
+        tls = _Tls(ssl_context, server_hostname or host.rpartition(":")[0] or host)
     transport = Transport(sock, Codec(client=True, max_message_bytes=max_message_bytes),
                           handshake, poller, handler, spawn=spawn,
-                          queue_limit_bytes=queue_limit_bytes, close_timeout_s=close_timeout_s)
+                          queue_limit_bytes=queue_limit_bytes, close_timeout_s=close_timeout_s,
+                          tls=tls)
     transport._start(handshake.request)
     return transport
 
