@@ -551,3 +551,16 @@ async def test_a_certificate_that_does_not_verify_fails_the_handshake(nursery, p
         await client.closed.wait()
     assert not client.transport.opened and client.transport.closed
     assert "CERTIFICATE_VERIFY_FAILED" in str(client.transport.handshake_error)
+
+
+async def test_a_frame_cut_short_by_the_end_of_the_stream_is_a_lost_connection(nursery, poller):
+    server = await start_server(nursery, poller)
+    raw = await raw_client(server.port)
+    serving = await server.next_handler()
+    raw.sendall(masked_frame(0x2, b"complete", 3) + masked_frame(0x2, b"cut short", 4)[:7])
+    raw.shutdown(socket.SHUT_WR)
+    with trio.fail_after(10):
+        await serving.closed.wait()
+    assert serving.messages == [b"complete"]
+    assert serving.closed_with == (1006, "connection lost")
+    raw.close()
