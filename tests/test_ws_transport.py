@@ -122,7 +122,7 @@ async def poller(nursery):
         OPENED.pop().abort()
 
 
-async def start_server(nursery, poller, echo=True, close_timeout_s=5.0) -> OurServer:
+async def start_server(nursery, poller, echo=True, close_timeout_s=30.0) -> OurServer:
     server = OurServer(nursery, poller, echo, close_timeout_s)
     nursery.start_soon(server.run)
     return server
@@ -244,6 +244,7 @@ async def test_a_bad_handshake_gets_a_400_and_the_connection_ends(nursery, polle
     serving = await server.next_handler()
     with trio.fail_after(10):
         await serving.closed.wait()
+        await serving.transport.wait_closed()
     assert not serving.transport.opened and not serving.opened.is_set()
     assert serving.closed_with[0] == 1006 and "426" in serving.closed_with[1]
 
@@ -265,6 +266,8 @@ async def test_an_attacker_is_closed_and_a_canary_beside_it_is_not_disturbed(
     assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == code
     with trio.fail_after(10):
         await attacker.closed.wait()
+        # The attacker's close frame was read, then its end: no wait for a timeout.
+        await attacker.transport.wait_closed()
     assert attacker.closed_with[0] == code
     canary.transport.send_binary(b"still here")
     await canary.wait_for(1)

@@ -255,21 +255,26 @@ class Transport:
             data = b""
         if self.tls is not None:
             self._on_tls_data(data)
-            return
-        state = self._state
-        if state is _OPEN or state is _CLOSING:
-            codec = self.codec
-            self._deliver(codec.receive(data) if data else codec.receive_eof())
-        elif state is _HANDSHAKE:
-            self._on_handshake_data(data)
+        elif data and self._state is _OPEN:
+            self._deliver(self.codec.receive(data))
+        else:
+            self._on_plaintext(data)
 
     def _on_plaintext(self, data: bytes) -> None:
         state = self._state
-        if state is _OPEN or state is _CLOSING:
-            codec = self.codec
-            self._deliver(codec.receive(data) if data else codec.receive_eof())
-        elif state is _HANDSHAKE:
+        if state is _HANDSHAKE:
             self._on_handshake_data(data)
+        elif state is _OPEN or state is _CLOSING and self.opened:
+            codec = self.codec
+            if data:
+                self._deliver(codec.receive(data))
+            else:
+                self._deliver(codec.receive_eof())
+                # The peer is gone (after the close, or after our failure's close).
+                self._teardown()
+        elif state is _CLOSING and not data:
+            self._teardown()  # a refused handshake: the client has read the answer
+        # Else closed, or a refused handshake's client still sending: dropped.
 
     def _deliver(self, events: list[object]) -> None:
         handler = self.handler
