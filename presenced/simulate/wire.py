@@ -254,8 +254,10 @@ class WireClient:
             self._send(frames)
 
     def _send(self, frames: list[bytes]) -> None:
-        assert self._transport is not None
-        if not self._transport.send_binaries(frames):
+        transport = self._transport
+        assert transport is not None
+        if not (transport.send_binary(frames[0]) if len(frames) == 1
+                else transport.send_binaries(frames)):
             raise ConnectionEnded(_ABNORMAL, "send queue full: the server does not read")
 
     # ------------------------------------------------------------- frames in
@@ -291,7 +293,9 @@ class WireClient:
                 seq = _unpack_u32(data, 11)[0]
                 self._last_seq = seq
                 self._on_batch(_decode_updates(data[17:]).updates, time.monotonic())
-                self._send([self._ack_head + _pack_u32(seq) + _ACK_TAIL])
+                if not self._transport.send_binary(  # type: ignore[union-attr]
+                        self._ack_head + _pack_u32(seq) + _ACK_TAIL):
+                    raise ConnectionEnded(_ABNORMAL, "send queue full: the server does not read")
                 return
         for event in self._rpc.receive_frame(data):
             kind = type(event)
