@@ -17,6 +17,7 @@ from the server's point of view.
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,7 +31,6 @@ from trio_websocket import (
     ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
     wrap_client_stream,
 )
 
@@ -64,65 +64,51 @@ async def open_websocket(
     disconnect_timeout: float = 5.0,
     local_address: str | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
-    """`trio_websocket.open_websocket_url` that always releases its socket.
+    """A trio-websocket client connection to `url` (ws:// or wss://) that always releases
+    its socket.
 
-    When the *server* starts the closing handshake, trio-websocket 0.12's
-    client waits for the server's TCP close and then never closes its own
-    socket (its `aclose()` returns early once a close reason is set). A load
-    generator churning through connections would leak one descriptor each.
+    `trio_websocket.open_websocket_url` owns its TCP stream, and when the *server* starts
+    the closing handshake, trio-websocket 0.12's client waits for the server's TCP close
+    and then never closes its socket (its `aclose()` returns early once a close reason is
+    set): a load generator churning through connections would leak one descriptor each. So
+    this opens the stream itself and hands it to `wrap_client_stream` (trio-websocket's
+    public API), and closes the stream, which it owns, in every case.
 
-    `local_address` binds the client socket to that source address (e.g.
-    127.0.0.2): one source address only has ~28k ephemeral ports, so a load
-    generator spreads its connections over several.
+    `local_address` binds the client socket to that source address (e.g. 127.0.0.2): one
+    source address only has ~28k ephemeral ports, so a load generator spreads its
+    connections over several.
+
+    Keeps `open_websocket_url`'s contract: HandshakeError for any failure to connect
+    (ConnectionTimeout past `connect_timeout`), the body's own exception unwrapped from the
+    nursery's group.
     """
-    if local_address is not None:
-        async with _open_bound_websocket(
-            url, local_address, connect_timeout, disconnect_timeout
-        ) as bound:
-            yield bound
-        return
-    ws: WebSocketConnection | None = None
-    try:
-        async with open_websocket_url(
-            url, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
-        ) as ws:
-            yield ws
-    finally:
-        if ws is not None:
-            with trio.CancelScope(shield=True):
-                await ws._stream.aclose()
-
-
-@asynccontextmanager
-async def _open_bound_websocket(
-    url: str, local_address: str, connect_timeout: float, disconnect_timeout: float
-) -> AsyncIterator[WebSocketConnection]:
-    # trio-websocket's own connect cannot bind the source address, so this
-    # opens the TCP stream itself and hands it to `wrap_client_stream`,
-    # keeping `open_websocket_url`'s contract: HandshakeError for any failure
-    # to connect, the body's own exception unwrapped from the nursery's
-    # group, and (the leak fix above) the socket closed in every case.
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise ValueError(f"a source address needs a ws:// URL, got {url!r}")
-    port = parts.port or 80
-    host_header = parts.hostname if port == 80 else f"{parts.hostname}:{port}"
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
+    secure = parts.scheme == "wss"
+    default_port = 443 if secure else 80
+    port = parts.port or default_port
+    host_header = parts.hostname if port == default_port else f"{parts.hostname}:{port}"
     resource = parts.path or "/"
     if parts.query:
         resource += "?" + parts.query
-    stream: trio.SocketStream | None = None
+    stream: trio.abc.Stream | None = None
     ws: WebSocketConnection | None = None
     try:
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(connect_timeout):
-                    stream = await trio.open_tcp_stream(
+                    tcp = await trio.open_tcp_stream(
                         parts.hostname, port, local_address=local_address
                     )
+                    stream = tcp
+                    if secure:
+                        stream = trio.SSLStream(tcp, ssl.create_default_context(),
+                                                server_hostname=parts.hostname)
                     ws = await wrap_client_stream(nursery, stream, host_header, resource)
             except trio.TooSlowError:
                 raise ConnectionTimeout from None
-            except OSError as e:
+            except (OSError, trio.BrokenResourceError) as e:
                 raise HandshakeError from e
             try:
                 yield ws
@@ -145,8 +131,17 @@ async def _open_bound_websocket(
         raise
     finally:
         if stream is not None:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            with trio.move_on_after(disconnect_timeout) as scope:
+                scope.shield = True
+                await _close_stream(stream)
+
+
+async def _close_stream(stream: trio.abc.Stream) -> None:
+    if isinstance(stream, trio.SSLStream):
+        # No TLS goodbye: the WebSocket closing handshake is over, or never came.
+        await stream.transport_stream.aclose()
+    else:
+        await stream.aclose()
 
 
 def _decode_users(payload: bytes) -> list[pb.UserPresence]:
@@ -276,7 +271,12 @@ class PresenceClient:
                 url, connect_timeout=connect_timeout, local_address=local_address
             ) as ws:
                 client = cls(ws)
-                await ws.send_message(login_frame(identity, timestamp_ms))
+                try:
+                    await ws.send_message(login_frame(identity, timestamp_ms))
+                except ConnectionClosed as e:
+                    # Closed right after the upgrade: the same error as a close after it.
+                    client._end(e)
+                    raise client._closed from None  # type: ignore[misc]
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(client._read)
                     with trio.fail_after(connect_timeout):

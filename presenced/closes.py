@@ -51,6 +51,9 @@ class Close(Enum):
     EXPIRED = (1011, "presence expired: no sign of life", "expired")
     # The server is full, or the store cannot be reached: the client should retry.
     FULL = (1013, "Unable to acquire connection", "full")
+    # Too many sockets awaiting their login from one source address (or in total), and this one
+    # has been silent longest: it is closed to make room.
+    LOGIN_LIMIT = (1013, "too many connections awaiting login, try again", "login-limit")
     STORE_UNAVAILABLE = (1013, "store unavailable, try again", "store")
     # Same codes and texts as Decentraland's social service.
     UNAUTHORIZED = (3003, "Unauthorized", "auth")

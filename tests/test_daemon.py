@@ -160,7 +160,9 @@ def test_the_start_up_line_says_what_runs_without_the_redis_password(absent_redi
     assert start["store_url"] == f"redis://…@127.0.0.1:{absent_redis.port}/0"
     assert start["ws"] == f"127.0.0.1:{daemon.port}" and start["instance"]
     assert start["level"] == "info" and start["logger"] == "presenced.server"
-    assert start["max_connections"] == 0 and start["ttl_s"] == 120
+    # Derived from the open-files limit, less a reserve (presenced/server/admission.py).
+    assert 0 < start["max_connections"] == start["max_sockets"] and start["ttl_s"] == 120
+    assert 0 < start["max_pending_logins"] <= 8192
 
 
 @pytest.mark.parametrize("args, expected", [

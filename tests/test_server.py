@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
+from trio_websocket import ConnectionClosed, HandshakeError
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 
@@ -401,19 +401,29 @@ async def test_clients_vanishing_during_the_handshake_do_not_hurt_the_server(nur
 
 async def test_an_error_while_accepting_is_contained(nursery, monkeypatch):
     import presenced.server.app as app_module
+    from presenced.server.connection import Connection
 
     async with running(nursery) as srv, srv.client(ALICE) as alice:
         def broken(*args):
             raise OSError(107, "Transport endpoint is not connected")
 
+        # Before the handshake: the socket is closed at once.
         monkeypatch.setattr(app_module, "Connection", broken)
-        with pytest.raises(ConnectionEnded):
+        with pytest.raises((HandshakeError, ConnectionEnded)):
+            async with PresenceClient.connect(srv.url, BOB, connect_timeout=2):
+                pass
+        monkeypatch.undo()
+        # In a handler: that connection is closed with 1011.
+        monkeypatch.setattr(Connection, "on_open", broken)
+        with pytest.raises(ConnectionEnded) as info:
             async with srv.client(BOB):
                 pass
+        assert info.value.code == 1011
         monkeypatch.undo()
         assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
         async with srv.client(BOB) as bob:
             assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.handler_errors == 1
 
 
 async def test_a_closed_connection_is_freed_without_the_garbage_collector(nursery):
@@ -434,9 +444,11 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(nurser
                 async with alice.subscribe():
                     conn = next(iter(srv.hub.live))
                     ref = weakref.ref(conn)
-                    ws_ref = weakref.ref(conn.ws)
+                    transport_ref = weakref.ref(conn.transport)
+                    session_ref = weakref.ref(conn.session)
                     del conn
             await wait_until(lambda: not srv.hub.live)
-            await wait_until(lambda: ref() is None and ws_ref() is None)
+            await wait_until(
+                lambda: ref() is None and transport_ref() is None and session_ref() is None)
         finally:
             gc.enable()

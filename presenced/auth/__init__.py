@@ -7,6 +7,7 @@ Pure functions: no I/O, no trio. The format is that of Decentraland's signed fet
 from presenced.auth.authchain import (
     AUTH_FAILURE_REASONS,
     AuthError,
+    VerifiedLinks,
     verify_auth_chain,
     verify_login,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "AUTH_FAILURE_REASONS",
     "AuthError",
     "Identity",
+    "VerifiedLinks",
     "address_of_private_key",
     "ephemeral_message",
     "keccak256",

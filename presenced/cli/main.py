@@ -200,8 +200,19 @@ def serve(
              "wait before it is disconnected.")] = _SERVER.stuck_timeout_s,
     max_connections: Annotated[int, typer.Option(
         envvar=_env("MAX_CONNECTIONS"), min=0,
-        help="Connections accepted at once (0: no limit); past it new ones close with "
-             "1013.")] = _SERVER.max_connections,
+        help="Logged-in connections at once; past it a login is refused with 1013. 0: as "
+             "many as the open-files limit (ulimit -n) allows, less a reserve for the admin "
+             "endpoint, Redis and logs.")] = _SERVER.max_connections,
+    max_pending_logins: Annotated[int, typer.Option(
+        envvar=_env("MAX_PENDING_LOGINS"), min=0,
+        help="Sockets awaiting their login at once, in total; at the limit new clients wait "
+             "in the listen backlog. 0: a quarter of what the open-files limit allows, at "
+             "most 8192.")] = _SERVER.max_pending_logins,
+    max_pending_logins_per_address: Annotated[int, typer.Option(
+        envvar=_env("MAX_PENDING_LOGINS_PER_ADDRESS"), min=0,
+        help="Sockets awaiting their login from one source address (an IPv6 /64) past which "
+             "those silent for 3 s are closed with 1013. 0: 64.")
+    ] = _SERVER.max_pending_logins_per_address,
     max_streams: Annotated[int, typer.Option(
         envvar=_env("MAX_STREAMS"), min=1,
         help="Streams one connection may hold open at once; past it a call gets a "
@@ -322,6 +333,8 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         send_queue_bytes=options["send_queue_bytes"],
         stuck_timeout_s=options["stuck_timeout"],
         max_connections=options["max_connections"],
+        max_pending_logins=options["max_pending_logins"],
+        max_pending_logins_per_address=options["max_pending_logins_per_address"],
         max_streams_per_connection=options["max_streams"],
         max_ports_per_connection=options["max_ports"],
         max_port_name_bytes=options["max_port_name_bytes"],

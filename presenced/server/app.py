@@ -15,34 +15,46 @@ a daemon at every moment:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from presenced import __version__
 from presenced.closes import Close
 from presenced.errors import leaf_exceptions
 from presenced.logs import RateLimit, redact_url
 from presenced.server import admin, runtime
+from presenced.server.admission import source_key
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
-from presenced.server.hub import Hub
+from presenced.server.hub import Hub, Spawn
 from presenced.server.readiness import starting_reason
 from presenced.services import SERVED_MODULES
 from presenced.services.base import Module
 from presenced.store.base import Store
 from presenced.store.friends_file import read_friendships_file
 from presenced.store.memory import MemoryStore
+from presenced.ws.poller import Poller
+from presenced.ws.transport import accept
 
 log = logging.getLogger("presenced.server")
 
 # Seconds the open connections get to close cleanly on shutdown.
 SHUTDOWN_GRACE_S = 10.0
 LISTEN_BACKLOG = 4096
+# Seconds a connection we close waits for the client's answer to our close frame.
+CLOSE_TIMEOUT_S = 5.0
+# Clients accepted in a row before other tasks get a turn.
+ACCEPT_BATCH = 256
+ACCEPT_ERROR_PAUSE_S = 0.1
+# accept() errors that concern only the client being accepted.
+_ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                               errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
+                               errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
 
 
 class ConfigError(Exception):
@@ -89,8 +101,9 @@ def build_store(config: ServerConfig) -> Store:
     return store
 
 
-async def bind_sockets(host: str, port: int, reuse_port: bool) -> list[trio.socket.SocketType]:
-    """Bound, not yet listening, sockets for every address of `host`; raises OSError.
+async def bind_sockets(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
+    """Bound, not yet listening, non-blocking sockets for every address of `host`; raises
+    OSError.
 
     Binding first catches a port in use at once; listening only once the
     store is ready keeps clients out of a backlog nobody accepts from (with
@@ -98,28 +111,23 @@ async def bind_sockets(host: str, port: int, reuse_port: bool) -> list[trio.sock
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                           flags=socket.AI_PASSIVE)
-    sockets: list[trio.socket.SocketType] = []
+    sockets: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in dict.fromkeys(infos):
-            sock = trio.socket.socket(family, type_, proto)
+            sock = socket.socket(family, type_, proto)
             sockets.append(sock)
+            sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            await sock.bind(sockaddr)
+            sock.bind(sockaddr)
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
     return sockets
-
-
-def listen(sockets: list[trio.socket.SocketType]) -> list[trio.SocketListener]:
-    for sock in sockets:
-        sock.listen(LISTEN_BACKLOG)
-    return [trio.SocketListener(sock) for sock in sockets]
 
 
 async def serve(
@@ -156,7 +164,7 @@ async def serve(
             if await _start_hub(root, hub, shutdown):
                 if freeze_loaded_state:
                     runtime.freeze_loaded_state()
-                await _serve_connections(hub, listen(ws_sockets), shutdown, task_status)
+                await _serve_connections(hub, ws_sockets, shutdown, task_status)
             else:
                 for sock in ws_sockets:
                     sock.close()
@@ -168,7 +176,7 @@ async def serve(
 
 async def _bind(
     config: ServerConfig, reuse_port: bool
-) -> tuple[list[trio.socket.SocketType], socket.socket]:
+) -> tuple[list[socket.socket], socket.socket]:
     try:
         ws_sockets = await bind_sockets(config.host, config.port, reuse_port)
     except OSError as e:
@@ -209,12 +217,13 @@ async def _start_hub(root: trio.Nursery, hub: Hub, shutdown: trio.Event) -> bool
     return not stopped.cancelled_caught
 
 
-def _log_start(hub: Hub, ws_sockets: list[trio.socket.SocketType]) -> None:
+def _log_start(hub: Hub, ws_sockets: list[socket.socket]) -> None:
     """The start-up line: what this process is and what it was told."""
     config = hub.config
     engine = config.engine
     ws_port = ws_sockets[0].getsockname()[1] if ws_sockets else config.port
     store_url = redact_url(config.redis_url) if config.redis_url else None
+    limits = hub.admission.limits
     fields = {
         "event": "start",
         "version": __version__,
@@ -225,7 +234,10 @@ def _log_start(hub: Hub, ws_sockets: list[trio.socket.SocketType]) -> None:
         "store_url": store_url,
         "ws": f"{config.host}:{ws_port}",
         "admin": f"{config.admin_host}:{hub.admin_port}",
-        "max_connections": config.max_connections,
+        "max_connections": limits.logged_in,
+        "max_sockets": limits.sockets,
+        "max_pending_logins": limits.pending,
+        "max_pending_logins_per_address": limits.pending_per_source,
         "max_frame_bytes": config.max_frame_bytes,
         "send_queue_bytes": config.send_queue_bytes,
         "ttl_s": engine.ttl_ms / 1000,
@@ -236,87 +248,154 @@ def _log_start(hub: Hub, ws_sockets: list[trio.socket.SocketType]) -> None:
     }
     worker = "" if config.worker_index is None else f", worker {config.worker_index}"
     store = config.store_kind + (f" {store_url}" if store_url else "")
-    limits = (f"max connections {config.max_connections or 'unlimited'}, "
-              f"max frame {config.max_frame_bytes} B, send queue {config.send_queue_bytes} B, "
-              f"ttl {engine.ttl_ms / 1000:g} s, grace {engine.offline_grace_ms / 1000:g} s, "
-              f"heartbeats {engine.heartbeat_rate:g}/s burst {engine.heartbeat_burst}")
+    text = (f"max connections {limits.logged_in} (sockets {limits.sockets}, awaiting login "
+            f"{limits.pending}, {limits.pending_per_source} per address), "
+            f"max frame {config.max_frame_bytes} B, send queue {config.send_queue_bytes} B, "
+            f"ttl {engine.ttl_ms / 1000:g} s, grace {engine.offline_grace_ms / 1000:g} s, "
+            f"heartbeats {engine.heartbeat_rate:g}/s burst {engine.heartbeat_burst}")
     log.info("presenced %s starting: pid %d, instance %s%s, store %s, ws %s, admin %s; %s",
              __version__, fields["pid"], hub.store.instance_id, worker, store, fields["ws"],
-             admin.base_url(config.admin_host, hub.admin_port), limits,
+             admin.base_url(config.admin_host, hub.admin_port), text,
              extra={"fields": fields})
 
 
 async def _serve_connections(
     hub: Hub,
-    listeners: list[trio.SocketListener],
+    sockets: list[socket.socket],
     shutdown: trio.Event,
     task_status: trio.TaskStatus[Hub],
 ) -> None:
-    """Accept WebSockets until `shutdown`, then close them all with 1001."""
+    """Accept WebSockets until `shutdown`, then close them all with 1001.
+
+    Every established connection is read by one `Poller` task (one level-triggered epoll
+    set for all sockets) and written synchronously; tasks exist only for what waits: one
+    accept loop per listening socket, a writer while a socket's bytes wait, a closing
+    handshake's timer, a friend set read from Redis.
+    """
     config = hub.config
-    errors_logged = RateLimit(60.0)
+    poller = Poller()
+    listen_scope = trio.CancelScope()
+    stopped_accepting = trio.Event()
 
-    async def handle(request: WebSocketRequest) -> None:
-        # trio-websocket runs this in the server's nursery: anything escaping
-        # would cancel every connection, so nothing may.
+    async def accept_all(*, task_status: trio.TaskStatus[None]) -> None:
         try:
-            await accept(request)
-        except (ConnectionClosed, OSError) as e:
-            # The client went away during the handshake (a reset, a port scan).
-            log.debug("connection dropped during the handshake: %r", e)
-        except Exception as e:
-            hub.metrics.handler_errors += 1
-            # A bug hit by every new client must not flood the log.
-            note = errors_logged.allow(type(e))
-            if note is not None:
-                log.exception("unexpected error while accepting a connection%s", note)
+            with listen_scope:
+                async with trio.open_nursery() as acceptors:
+                    for sock in sockets:
+                        sock.listen(LISTEN_BACKLOG)
+                        acceptors.start_soon(_accept_loop, hub, sock, poller)
+                    task_status.started()
+        finally:
+            stopped_accepting.set()
 
-    async def accept(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        remote = request.remote
-        peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
-        if config.max_connections and len(hub.live) >= config.max_connections:
-            hub.metrics.disconnects[Close.FULL.label] += 1
-            with trio.move_on_after(5):
-                await ws.aclose(Close.FULL.code, Close.FULL.text())
-            return
-        await Connection(hub, ws, peer).run()
+    try:
+        with trio.CancelScope() as connections_scope:
+            async with trio.open_nursery() as connections:
+                hub.spawn = _guarded_spawn(connections, hub)
+                await connections.start(poller.run)
+                await connections.start(accept_all)
+                hub.listen_port = (sockets[0].getsockname()[1] if len(sockets) == 1
+                                   else config.port)
+                log.info("ready: listening on ws://%s:%d (%d users online)", config.host,
+                         hub.listen_port, hub.engine.online_count,
+                         extra={"fields": {"event": "ready", "port": hub.listen_port}})
+                task_status.started(hub)
+                await shutdown.wait()
+                hub.stopping = True
+                log.info("shutting down: closing %d connections", len(hub.live),
+                         extra={"fields": {"event": "stop", "connections": len(hub.live)}})
+                listen_scope.cancel()
+                await stopped_accepting.wait()
+                for sock in sockets:
+                    sock.close()
+                hub.kill_all(Close.SHUTDOWN)
+                # Wait for the closing handshakes, then drop whatever is left.
+                with trio.move_on_after(SHUTDOWN_GRACE_S):
+                    while hub.live:
+                        await trio.sleep(0.05)
+                connections_scope.cancel()
+    finally:
+        # However this ends (a cancel from outside included), no socket stays open.
+        for sock in sockets:
+            sock.close()
+        for conn in list(hub.live):
+            conn.transport.abort("shutdown")  # type: ignore[attr-defined]
 
-    with trio.CancelScope() as connections_scope:
-        async with trio.open_nursery() as connections:
-            server = WebSocketServer(
-                handle,
-                listeners,
-                handler_nursery=connections,
-                max_message_size=config.max_frame_bytes,
-                message_queue_size=8,
-                connect_timeout=10,
-                disconnect_timeout=5,
-            )
-            listen_scope = trio.CancelScope()
 
-            async def listen_ws(*, task_status: trio.TaskStatus[None]) -> None:
-                with listen_scope:
-                    await server.run(task_status=task_status)
+def _guarded_spawn(nursery: trio.Nursery, hub: Hub) -> Spawn:
+    """A spawn function for connections' tasks: an error in one must not end the nursery
+    (and with it every connection)."""
+    metrics = hub.metrics
 
-            await connections.start(listen_ws)
-            hub.listen_port = server.port if len(listeners) == 1 else config.port
-            log.info("ready: listening on ws://%s:%d (%d users online)", config.host,
-                     hub.listen_port, hub.engine.online_count,
-                     extra={"fields": {"event": "ready", "port": hub.listen_port}})
-            task_status.started(hub)
-            await shutdown.wait()
-            hub.stopping = True
-            log.info("shutting down: closing %d connections", len(hub.live),
-                     extra={"fields": {"event": "stop", "connections": len(hub.live)}})
-            listen_scope.cancel()
-            hub.kill_all(Close.SHUTDOWN)
-            # Wait for the closing handshakes, then drop whatever is left
-            # (sockets still in the HTTP upgrade have nothing to close).
-            with trio.move_on_after(SHUTDOWN_GRACE_S):
-                while hub.live:
-                    await trio.sleep(0.05)
-            connections_scope.cancel()
+    async def guarded(task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except Exception:
+            metrics.handler_errors += 1
+            log.exception("a connection's task failed")
+
+    def spawn(task: Callable[[], Awaitable[None]]) -> None:
+        nursery.start_soon(guarded, task)
+
+    return spawn
+
+
+async def _accept_loop(hub: Hub, sock: socket.socket, poller: Poller) -> None:
+    """Accept clients from one listening socket until cancelled, each until EAGAIN.
+
+    At the admission limits (descriptors, sockets awaiting login) the loop waits for room
+    instead of accepting: clients wait in the listen backlog and are taken as soon as a
+    socket closes or logs in (presenced/server/admission.py says why).
+    """
+    admission = hub.admission
+    errors_logged = RateLimit(60.0)
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        for _ in range(ACCEPT_BATCH):
+            if not admission.accepting():
+                await hub.room()
+            try:
+                client, address = sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno in _ACCEPT_TRANSIENT:
+                    continue  # that client is gone already
+                # Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): the
+                # limits should prevent it; pause rather than spin.
+                hub.metrics.handler_errors += 1
+                note = errors_logged.allow(e.errno)
+                if note is not None:
+                    log.warning("accepting a connection failed: %s; pausing%s", e, note)
+                await trio.sleep(ACCEPT_ERROR_PAUSE_S)
+                break
+            try:
+                _admit(hub, client, address, poller)
+            except Exception as e:
+                client.close()
+                hub.metrics.handler_errors += 1
+                # A bug hit by every new client must not flood the log.
+                note = errors_logged.allow(type(e))
+                if note is not None:
+                    log.exception("unexpected error while accepting a connection%s", note)
+        else:
+            # A long backlog: let the connections run between batches.
+            await trio.lowlevel.checkpoint()
+
+
+def _admit(hub: Hub, client: socket.socket, address: tuple, poller: Poller) -> None:
+    config = hub.config
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    host, port = address[0], address[1]
+    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    now = trio.current_time()
+    conn = Connection(hub, source_key(host), peer, now)
+    conn.transport = accept(
+        client, poller, conn, spawn=hub.spawn, max_message_bytes=config.max_frame_bytes,
+        queue_limit_bytes=config.send_queue_bytes, close_timeout_s=CLOSE_TIMEOUT_S)
+    hub.live.add(conn)
+    hub.admission.opened(conn, now)
+    hub.login_deadline_added()
 
 
 def run_until_signalled(config: ServerConfig, *, reuse_port: bool = False) -> None:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import resource
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from presenced.auth import VerifiedLinks
 from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.logs import RateLimit
 from presenced.model import Presence, PresenceWrite
 from presenced.profiles import ProfileSource
 from presenced.rpc.modules import module_registry
+from presenced.server.admission import Admission, Limits, Pending, derive_limits
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
 from presenced.server.metrics import Metrics
@@ -53,12 +56,45 @@ RESTART_DELAY_MAX_S = 30.0
 EXPIRY_STEP = 500
 
 
+# Verified ephemeral links remembered (presenced.auth.VerifiedLinks): one per user who logged
+# in lately, about 200 bytes each.
+VERIFIED_LINKS = 100_000
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+
 class Killable(Protocol):
     def kill(self, close: Close, detail: str | None = None) -> None: ...
 
 
 class LiveConnection(Killable, Protocol):
     def keepalive(self, now: float, now_ms: int) -> None: ...
+
+
+class AwaitingLogin(Killable, Pending, Protocol):
+    def idle(self) -> bool: ...
+
+
+def open_files_limit() -> int:
+    """This process's descriptor limit (the soft RLIMIT_NOFILE)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def server_limits(config: ServerConfig, nofile: int | None = None) -> Limits:
+    """The connection limits in force for `config` in this process."""
+    return derive_limits(
+        nofile=open_files_limit() if nofile is None else nofile,
+        redis_pool_size=config.redis_pool_size if config.redis_url else 0,
+        max_connections=config.max_connections,
+        max_pending=config.max_pending_logins,
+        max_pending_per_source=config.max_pending_logins_per_address,
+        login_timeout_s=config.auth_timeout_s,
+    )
+
+
+def _not_serving(task: Callable[[], Awaitable[None]]) -> None:
+    raise RuntimeError("the hub is not serving connections")
 
 
 class Hub:
@@ -78,9 +114,20 @@ class Hub:
         self.services = Services()
         if config.profiles_url:
             self.services.profiles = ProfileSource(config.profiles_url)
-        # Logged-in connections by session id, and every connection, logged in or not.
+        # Logged-in connections by session id, and every connection, logged in or not, until
+        # its socket is closed.
         self.connections: dict[int, LiveConnection] = {}
         self.live: set[Killable] = set()
+        # Connection limits and the login deadlines of sockets awaiting login.
+        self.admission = Admission(server_limits(config))
+        # Owners' signatures over ephemeral keys already verified: a reconnect with the same
+        # ephemeral key (clients keep theirs for hours to days) skips half the ECDSA work.
+        self.verified_links = VerifiedLinks(VERIFIED_LINKS)
+        # Runs a task for a connection (writers, closing timers, store reads) in the server's
+        # connection nursery, its errors contained; set by the server when it listens.
+        self.spawn: Spawn = _not_serving
+        self._room: trio.Event | None = None
+        self._deadline_scope: trio.CancelScope | None = None
         # One counter for all connections, like the reference TS server.
         self.port_ids = itertools.count(1)
         self.session_ids = itertools.count(1)
@@ -113,6 +160,7 @@ class Hub:
             nursery.start_soon(self._supervised, "ticker", self._ticker)
             nursery.start_soon(self._supervised, "sweeper", self._sweeper)
             nursery.start_soon(self._supervised, "keepalive", self._keepalive)
+            nursery.start_soon(self._supervised, "login-deadlines", self._login_deadlines)
             if self.services.profiles is not None:
                 nursery.start_soon(self._supervised, "profiles", self.services.profiles.run)
             self.ready = True
@@ -168,6 +216,47 @@ class Hub:
             now_ms = self.now_ms()
             for conn in list(self.connections.values()):
                 conn.keepalive(now, now_ms)
+
+    async def _login_deadlines(self) -> None:
+        """Close sockets past their login deadline or over the per-address limit: one heap
+        and this one loop for every socket awaiting login (no timer per socket)."""
+        admission = self.admission
+        while True:
+            with trio.move_on_at(admission.next_check()) as scope:
+                self._deadline_scope = scope
+                await trio.sleep_forever()
+            self._deadline_scope = None
+            evicted = 0
+            for conn, cause in admission.due(trio.current_time(), _idle):
+                if cause is Close.LOGIN_LIMIT:
+                    evicted += 1
+                conn.kill(cause)
+            if evicted and (note := self._log_limit.allow("login-limit")) is not None:
+                log.info("closed %d silent sockets awaiting login: over the per-address "
+                         "limit of %d%s", evicted, admission.limits.pending_per_source, note,
+                         extra={"fields": {"event": "login-limit", "sockets": evicted}})
+
+    def login_deadline_added(self) -> None:
+        """A socket now awaits its login: make sure the deadline loop wakes for it."""
+        scope = self._deadline_scope
+        if scope is not None:
+            when = self.admission.next_check()
+            if when < scope.deadline:
+                scope.deadline = when
+
+    def room_freed(self) -> None:
+        """A socket closed or left the login: wake an accept loop waiting for room."""
+        room = self._room
+        if room is not None and self.admission.accepting():
+            self._room = None
+            room.set()
+
+    async def room(self) -> None:
+        """Wait until the accept loop may take another socket (admission.accepting)."""
+        while not self.admission.accepting():
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
 
     async def _sweeper(self) -> None:
         ttl = self.config.engine.ttl_ms
@@ -253,3 +342,7 @@ class Hub:
     def kill_all(self, close: Close) -> None:
         for conn in list(self.live):
             conn.kill(close)
+
+
+def _idle(conn: Pending) -> bool:
+    return conn.idle()  # type: ignore[attr-defined]

@@ -90,6 +90,18 @@ class HubCollector:
         yield _gauge("presenced_connections", "WebSocket connections open now.", len(hub.live))
         yield _gauge("presenced_sessions", "Logged-in connections open now.",
                      len(hub.connections))
+        admission = hub.admission
+        yield _gauge("presenced_connections_awaiting_login",
+                     "Sockets accepted that have not logged in yet.", admission.pending)
+        limits = GaugeMetricFamily(
+            "presenced_connection_limit", "Connection limits in force (docs/security.md).",
+            labels=["limit"])
+        for name, value in (("sockets", admission.limits.sockets),
+                            ("sessions", admission.limits.logged_in),
+                            ("awaiting_login", admission.limits.pending),
+                            ("awaiting_login_per_address", admission.limits.pending_per_source)):
+            limits.add_metric([name], value)
+        yield limits
         yield _counter("presenced_connections_opened", "WebSocket connections accepted.",
                        m.connections_opened)
         logins = CounterMetricFamily("presenced_logins", "Login attempts by result and reason.",

@@ -92,6 +92,10 @@ class Store(Protocol):
         """Record a presence change of this instance. Never blocks, never raises."""
         ...
 
+    def cached_friends(self, address: str) -> frozenset[str] | None:
+        """`address`'s friends if known without I/O (a login then needs no task), else None."""
+        ...
+
     async def friends_of(self, address: str) -> frozenset[str]: ...
 
     async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:

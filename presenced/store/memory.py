@@ -58,6 +58,9 @@ class MemoryStore:
                 added += 1
         return added
 
+    def cached_friends(self, address: str) -> frozenset[str] | None:
+        return frozenset(self._friends.get(address, ()))
+
     async def friends_of(self, address: str) -> frozenset[str]:
         return frozenset(self._friends.get(address, ()))
 

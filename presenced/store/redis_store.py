@@ -893,6 +893,10 @@ class RedisStore:
             self._friends[address] = friends
         return events
 
+    def cached_friends(self, address: str) -> frozenset[str] | None:
+        cached = self._friends.get(address)
+        return None if cached is None else frozenset(cached)
+
     async def friends_of(self, address: str) -> frozenset[str]:
         cached = self._friends.get(address)
         if cached is not None:

@@ -22,10 +22,9 @@ it: it tracks exactly what it passed through (the rest of a frame wsproto has
 begun, and whether wsproto is inside a fragmented message), and it only reads
 a frame itself at such a boundary. A splitter in front of a wsproto
 connection from its first byte (`synced()` at once, as `codec.Codec` does)
-is therefore always in sync. One started later (presenced/server's
-ws_receiver, which takes over from trio-websocket mid-stream) passes
-everything through until its owner has seen wsproto empty and calls
-`synced()`.
+is therefore always in sync. One started later (taking over from another
+WebSocket implementation mid-stream) passes everything through until its
+owner has seen wsproto empty and calls `synced()`.
 
 Messages returned by one `feed` come before its pass-through bytes in the
 stream, so handling the messages first and then giving the bytes to wsproto

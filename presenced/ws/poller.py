@@ -90,6 +90,8 @@ class Poller:
                     except Exception:
                         log.exception("a socket's read handler failed; dropping the socket")
                         self.remove(fd)
+                # Hold no handler (and its socket's owner) while waiting for the next batch.
+                handler = None
         finally:
             self._closed = True
             self._handlers.clear()

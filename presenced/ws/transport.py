@@ -109,8 +109,9 @@ class Transport:
     """Use `accept()` (server) or `connect()` (client)."""
 
     __slots__ = ("sock", "fd", "codec", "handler", "poller", "spawn", "queue_limit_bytes",
-                 "close_timeout_s", "opened", "handshake_error", "tls", "_state", "_handshake",
-                 "_pending", "_writing", "_then", "_notified", "_timer", "_done")
+                 "close_timeout_s", "opened", "handshake_error", "failed_with", "tls", "_state",
+                 "_handshake",
+                 "_pending", "_writing", "_then", "_notified", "_timer", "_done", "__weakref__")
 
     def __init__(self, sock: socket.socket, codec: Codec,
                  handshake: ServerHandshake | ClientHandshake, poller: Poller,
@@ -129,6 +130,9 @@ class Transport:
         self.opened = False
         # Client: why the server did not accept the upgrade.
         self.handshake_error: HandshakeFailed | None = None
+        # Why this side failed the connection, if it did (the peer's input broke the
+        # protocol or the size limit, a handler failed, pings went unanswered).
+        self.failed_with: Close | None = None
         # TLS (client role only), done in memory between the socket and the codec.
         self.tls = tls
         self._state = _TLS_HANDSHAKE if tls is not None else _HANDSHAKE
@@ -156,10 +160,13 @@ class Transport:
     def pending_bytes(self) -> int:
         return len(self._pending)
 
-    def detach(self) -> None:
-        """Forget the handler and `spawn` (at the owner's end: they usually hold it)."""
+    def detach(self, *, keep_spawn: bool = False) -> None:
+        """Forget the handler, and `spawn` unless `keep_spawn` (at the owner's end: they
+        usually hold this transport). Keep `spawn` while the closing handshake may still need
+        a task (the writer, the closing timer): a server's spawn is its nursery's."""
         self.handler = _NO_HANDLER
-        self.spawn = _no_spawn
+        if not keep_spawn:
+            self.spawn = _no_spawn
 
     # ------------------------------------------------------------- sending
 
@@ -304,6 +311,7 @@ class Transport:
             self._after_flush(_THEN_CLOSE)
         elif type(event) is Failed:
             close = event.close  # type: ignore[attr-defined]
+            self.failed_with = close
             self._notify(close.code, close.text(event.detail))  # type: ignore[attr-defined]
             self._state = _CLOSING
             self._after_flush(_THEN_SHUTDOWN)
@@ -422,6 +430,8 @@ class Transport:
 
     def _fail(self, close: Close, detail: str | None = None) -> None:
         """End the connection from our side with `close`, reported at once."""
+        if self.failed_with is None:
+            self.failed_with = close
         if self._state is _OPEN:
             self._state = _CLOSING
             self._write(self.codec.close(close.code, close.text(detail)))
