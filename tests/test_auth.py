@@ -9,6 +9,7 @@ from presenced.auth import (
     AUTH_FAILURE_REASONS,
     AuthError,
     Identity,
+    VerifiedLinks,
     address_of_private_key,
     ephemeral_message,
     keccak256,
@@ -392,3 +393,51 @@ def test_random_mutations_only_raise_auth_error(vector: Identity) -> None:
             assert exc.reason in AUTH_FAILURE_REASONS
     # Only harmless mutations (e.g. extra chain links past a gap) may still verify.
     assert accepted < 2000
+
+
+# --- verified ephemeral links remembered across logins ---
+
+
+def test_a_remembered_link_is_accepted_again_and_nothing_else_is(vector: Identity) -> None:
+    links = VerifiedLinks(10)
+    assert verify_login(login_frame(vector, TS), now_ms=NOW, verified_links=links) == \
+        OWNER.lower()
+    assert len(links) == 1
+    # The next login (a fresh last link) reuses the remembered ephemeral link.
+    assert verify_login(login_frame(vector, TS + 5), now_ms=NOW + 5,
+                        verified_links=links) == OWNER.lower()
+    assert len(links) == 1
+    # The same link 1 under another SIGNER is another triple: verified, and refused.
+    other = to_checksum_address(address_of_private_key(bytes([0x33]) * 32))
+    headers = set_link(headers_of(vector), 0, payload=other)
+    with pytest.raises(AuthError) as info:
+        verify_login(frame_of(headers), now_ms=NOW, verified_links=links)
+    assert info.value.reason == "signer-mismatch"
+    # A tampered signature is not in the memory either.
+    tampered = LINK1_SIG[:-4] + ("00" if LINK1_SIG[-4:-2] != "00" else "01") + LINK1_SIG[-2:]
+    headers = set_link(headers_of(vector), 1, signature=tampered)
+    with pytest.raises(AuthError):
+        verify_login(frame_of(headers), now_ms=NOW, verified_links=links)
+    assert len(links) == 1
+
+
+def test_a_remembered_link_expires_with_the_ephemeral_key() -> None:
+    links = VerifiedLinks(10)
+    expiration = datetime.fromtimestamp((NOW + 10_000) / 1000, UTC)
+    identity = Identity.from_keys(OWNER_KEY, EPHEMERAL_KEY, expiration)
+    verify_login(login_frame(identity, TS), now_ms=NOW, verified_links=links)
+    link = identity.auth_chain[1]
+    key = VerifiedLinks.key(OWNER, link["payload"], link["signature"])
+    assert links.verified(key, NOW + 9_999)
+    assert not links.verified(key, NOW + 10_000) and len(links) == 0
+
+
+def test_the_memory_of_verified_links_is_bounded() -> None:
+    links = VerifiedLinks(3)
+    for i in range(5):
+        links.remember(VerifiedLinks.key("0xa", f"message {i}", "0xsig"), NOW + 1000)
+    assert len(links) == 3
+    assert not links.verified(VerifiedLinks.key("0xa", "message 0", "0xsig"), NOW)
+    assert links.verified(VerifiedLinks.key("0xa", "message 4", "0xsig"), NOW)
+    # Lone surrogates (JSON escapes in a payload) make a key too.
+    VerifiedLinks.key("0xa", "\ud800", "0xsig")

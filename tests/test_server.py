@@ -26,6 +26,7 @@ from presenced.rpc.frames import (
 )
 from presenced.server.app import serve
 from presenced.server.config import ServerConfig
+from presenced.store.base import StoreUnavailable
 from presenced.store.memory import MemoryStore
 from presenced.v1 import presence_pb2 as pb
 from tests.support.waits import now_ms, wait_until
@@ -47,10 +48,11 @@ class Running:
 
 
 @asynccontextmanager
-async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), **overrides):
+async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), store=None,
+                  **overrides):
     engine = overrides.pop("engine", EngineConfig(offline_grace_ms=100))
     config = replace(ServerConfig(port=0, admin_port=0, engine=engine), **overrides)
-    store = MemoryStore()
+    store = store or MemoryStore()
     store.load_friendships((a.address, b.address) for a, b in friendships)
     shutdown = trio.Event()
     hub = await nursery.start(
@@ -452,3 +454,177 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(nurser
                 lambda: ref() is None and transport_ref() is None and session_ref() is None)
         finally:
             gc.enable()
+
+
+# ------------------------------------------------- the login's friend set from the store
+
+
+class GatedStore(MemoryStore):
+    """A store whose friend sets are never cached and are read only once `gate` is set, as
+    with Redis; `down` makes the read fail as an unreachable Redis does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+        self.reads = 0
+        self.down = False
+
+    def cached_friends(self, address):
+        return None
+
+    async def friends_of(self, address):
+        self.reads += 1
+        await self.gate.wait()
+        if self.down:
+            raise StoreUnavailable("redis is down")
+        return await super().friends_of(address)
+
+
+async def test_frames_behind_the_login_wait_for_the_friend_set(nursery):
+    store = GatedStore()
+    async with running(nursery, store=store) as srv, open_websocket_url(srv.url) as ws:
+        await ws.send_message(login_frame(ALICE, now_ms()))
+        await ws.send_message(encode_create_port(7, "social_service"))
+        await ws.send_message(encode_request_module(8, 1, "PresenceService"))
+        await wait_until(lambda: store.reads == 1)
+        assert srv.hub.admission.pending == 1 and not srv.hub.connections
+        store.gate.set()
+        assert await ws.get_message() == SERVER_READY_FRAME
+        created = wire_pb2.CreatePortResponse.FromString(await ws.get_message())
+        loaded = wire_pb2.RequestModuleResponse.FromString(await ws.get_message())
+        assert created.message_identifier & 0x07FFFFFF == 7
+        assert loaded.message_identifier & 0x07FFFFFF == 8
+        assert srv.hub.admission.pending == 0 and srv.hub.admission.logged_in == 1
+    assert srv.hub.metrics.logins["ok", ""] == 1
+
+
+async def test_a_login_while_the_store_is_unreachable_closes_with_1013(nursery):
+    store = GatedStore()
+    store.down = True
+    store.gate.set()
+    async with running(nursery, store=store) as srv, open_websocket_url(srv.url) as ws:
+        await ws.send_message(login_frame(ALICE, now_ms()))
+        assert await expect_close(ws) == 1013
+    assert srv.hub.metrics.logins["failed", "store"] == 1
+    assert srv.hub.admission.pending == 0 and srv.hub.admission.logged_in == 0
+
+
+# ------------------------------------------------ connection caps (issue 14 item 4)
+
+
+async def connect_silently(port: int, count: int) -> list:
+    """Sockets (the standard library's, non-blocking) that connect and never send a byte."""
+    from presenced.ws.transport import open_socket
+
+    return [await open_socket("127.0.0.1", port) for _ in range(count)]
+
+
+async def healthz(hub) -> int:
+    import httpx
+
+    async with httpx.AsyncClient(trust_env=False) as http:
+        return (await http.get(f"http://127.0.0.1:{hub.admin_port}/healthz")).status_code
+
+
+async def test_silent_sockets_past_the_per_address_limit_are_closed_and_others_served(nursery):
+    async with running(nursery, max_pending_logins_per_address=4) as srv:
+        admission = srv.hub.admission
+        admission.limits = replace(admission.limits, grace_s=0.2)
+        silent = await connect_silently(srv.hub.listen_port, 6)
+        # Upgraded to WebSocket, then silent.
+        upgraded = await connect_silently(srv.hub.listen_port, 4)
+        for sock in upgraded:
+            sock.send(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        # Past the grace, the source (127.0.0.1) keeps 4 sockets awaiting login; the rest go.
+        await wait_until(lambda: srv.hub.metrics.disconnects["login-limit"] == 6)
+        assert admission.pending == 4
+        # The same address logs in meanwhile (its socket is young), the admin endpoint answers.
+        async with srv.client(BOB) as bob:
+            assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+        assert await healthz(srv.hub) == 200
+        # Those closed before the upgrade see the end of the stream; after it, a 1013.
+        ended = [sock for sock in silent + upgraded if _closed_by_server(sock)]
+        assert len(ended) == 6
+        for sock in silent + upgraded:
+            sock.close()
+
+
+def _closed_by_server(sock) -> bool:
+    """Whether the server closed `sock` (reads what it sent, without waiting)."""
+    import socket
+
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            return True
+        if not chunk:
+            # A WebSocket close frame with 1013 comes before the end of an upgraded socket.
+            return not data.startswith(b"HTTP/1.1 101") or b"\x88" in data
+        data += chunk
+
+
+async def test_silent_sockets_get_the_login_timeout(nursery):
+    async with running(nursery, auth_timeout_s=0.3) as srv:
+        silent = await connect_silently(srv.hub.listen_port, 3)
+        await wait_until(lambda: srv.hub.admission.pending == 3)
+        await wait_until(lambda: srv.hub.admission.pending == 0)
+        assert srv.hub.admission.sockets == 0 and not srv.hub.live
+        for sock in silent:
+            sock.close()
+
+
+async def test_at_the_limit_of_sockets_awaiting_login_clients_wait_in_the_backlog(nursery):
+    async with running(nursery, max_pending_logins=3) as srv:
+        hub = srv.hub
+        silent = await connect_silently(hub.listen_port, 3)
+        await wait_until(lambda: hub.admission.pending == 3)
+        logged_in = trio.Event()
+
+        async def log_in() -> None:
+            async with srv.client(BOB) as bob:
+                await bob.heartbeat("main", 0, 0)
+                logged_in.set()
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(log_in)
+            await trio.testing.wait_all_tasks_blocked()
+            # Connected (the kernel's backlog) but not accepted: the accept loop waits.
+            assert not logged_in.is_set() and hub.admission.pending == 3
+            assert await healthz(hub) == 200
+            silent[0].close()
+            with trio.fail_after(5):
+                await logged_in.wait()
+        for sock in silent[1:]:
+            sock.close()
+
+
+async def test_past_max_connections_a_login_is_refused_with_1013(nursery):
+    async with running(nursery, max_connections=1) as srv, srv.client(ALICE) as alice:
+        with pytest.raises(ConnectionEnded) as info:
+            async with srv.client(BOB):
+                pass
+        assert info.value.code == 1013
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.disconnects["full"] == 1
+
+
+def test_the_default_caps_come_from_the_descriptor_limit():
+    from presenced.server.admission import fd_reserve
+    from presenced.server.hub import open_files_limit, server_limits
+
+    limits = server_limits(ServerConfig())
+    assert limits.sockets == open_files_limit() - fd_reserve(0)
+    assert limits.logged_in == limits.sockets
+    assert 0 < limits.pending <= limits.sockets // 4
+    assert limits.pending_per_source == 64
+    redis = server_limits(ServerConfig(redis_url="redis://127.0.0.1:1/0"), nofile=20_000)
+    assert redis.sockets == 20_000 - fd_reserve(16)
+    explicit = server_limits(ServerConfig(max_connections=100, max_pending_logins=10,
+                                          max_pending_logins_per_address=2), nofile=20_000)
+    assert (explicit.logged_in, explicit.pending, explicit.pending_per_source) == (100, 10, 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import resource
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -56,6 +57,8 @@ RESTART_DELAY_MAX_S = 30.0
 EXPIRY_STEP = 500
 
 
+# How late a login deadline or a per-address check may be acted on (seconds).
+DEADLINE_SLACK_S = 0.25
 # Verified ephemeral links remembered (presenced.auth.VerifiedLinks): one per user who logged
 # in lately, about 200 bytes each.
 VERIFIED_LINKS = 100_000
@@ -222,7 +225,9 @@ class Hub:
         and this one loop for every socket awaiting login (no timer per socket)."""
         admission = self.admission
         while True:
-            with trio.move_on_at(admission.next_check()) as scope:
+            # Checks are batched DEADLINE_SLACK_S apart: most sockets have logged in by their
+            # check, and one wake-up per login would cost more than the check itself.
+            with trio.move_on_at(admission.next_check() + DEADLINE_SLACK_S) as scope:
                 self._deadline_scope = scope
                 await trio.sleep_forever()
             self._deadline_scope = None
@@ -239,10 +244,9 @@ class Hub:
     def login_deadline_added(self) -> None:
         """A socket now awaits its login: make sure the deadline loop wakes for it."""
         scope = self._deadline_scope
-        if scope is not None:
-            when = self.admission.next_check()
-            if when < scope.deadline:
-                scope.deadline = when
+        # Deadlines are added in time order: only a loop waiting for nothing needs waking.
+        if scope is not None and scope.deadline == math.inf:
+            scope.deadline = self.admission.next_check() + DEADLINE_SLACK_S
 
     def room_freed(self) -> None:
         """A socket closed or left the login: wake an accept loop waiting for room."""
