@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from ipaddress import ip_address
 
 import pytest
 import trio
@@ -206,7 +207,7 @@ async def test_client_binds_its_source_address():
     with Daemon() as daemon:
         async with PresenceClient.connect(daemon.url, Identity.generate(),
                                           local_address="127.0.0.2") as client:
-            assert client.ws._stream.socket.getsockname()[0] == "127.0.0.2"
+            assert client.ws.local.address == ip_address("127.0.0.2")
             response = await client.heartbeat("main", 1, 2)
             assert response.position.x == 1
     with pytest.raises(HandshakeError):
