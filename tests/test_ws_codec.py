@@ -7,6 +7,7 @@ import random
 import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.events import Pong as WsPong
 
 from presenced.closes import Close
 from presenced.ws.codec import (
@@ -87,6 +88,23 @@ def test_a_ping_is_answered_and_a_pong_reported():
     assert [(type(e), e.payload) for e in server.receive(pong)] == [(Pong, b"are you there")]
     with pytest.raises(ValueError):
         server.ping(bytes(126))
+
+
+def test_pongs_are_read_without_wsproto_whole_or_in_pieces():
+    # Every idle connection answers keepalive pings: no wsproto connection for that.
+    server = Codec(client=False, max_message_bytes=LIMIT)
+    peer = Connection(ConnectionType.CLIENT)
+    pong = peer.send(WsPong(payload=b"keepalive"))
+    data = pong + peer.send(BytesMessage(data=b"after")) + pong
+    assert [(type(e), getattr(e, "payload", e)) for e in dribble(server, data)] == [
+        (Pong, b"keepalive"), (bytes, b"after"), (Pong, b"keepalive")]
+    assert server._ws is None
+    # Inside a fragmented message (wsproto's), a pong is wsproto's too, and still reported.
+    data = (peer.send(BytesMessage(data=b"one-", message_finished=False)) + pong
+            + peer.send(BytesMessage(data=b"two", message_finished=True)))
+    events = server.receive(data)
+    assert [(type(e), getattr(e, "payload", e)) for e in events] == [
+        (Pong, b"keepalive"), (bytes, b"one-two")]
 
 
 @pytest.mark.parametrize("closer_is_client", [True, False])

@@ -10,7 +10,8 @@ always knows when wsproto is between messages (it tracks what it passed
 through), and no attribute of wsproto's is ever read but `state`.
 
 The wsproto connection is created only when first needed (about 1.7 KiB per
-connection that never sees an unusual frame). It keeps no state for
+connection that never sees an unusual frame); pongs, which every idle
+connection sends in answer to keepalive pings, are read by the splitter too. It keeps no state for
 complete outbound messages, so binary, text and ping frames are written
 here (`frames.binary_frame`, `frames.masked_frame`) and only the close goes
 through wsproto, whose state it changes.
@@ -42,7 +43,7 @@ from wsproto.events import Pong as _WsPong
 from wsproto.frame_protocol import CloseReason
 
 from presenced.closes import Close
-from presenced.ws.frames import InboundFrames, binary_frame, masked_frame
+from presenced.ws.frames import InboundFrames, Pong, binary_frame, masked_frame
 
 __all__ = ["CloseReceived", "Codec", "ConnectionLost", "ConnectionState", "Failed", "Pong"]
 
@@ -70,16 +71,6 @@ ABNORMAL_CLOSURE: Final = int(CloseReason.ABNORMAL_CLOSURE)
 # no foreign script, and a seeded PRNG (seeded from os.urandom) costs far
 # less than os.urandom per frame.
 _mask_keys = random.Random()
-
-
-class Pong:
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return f"Pong({self.payload!r})"
 
 
 class CloseReceived:
@@ -136,7 +127,7 @@ class Codec:
         # Frames this codec wants sent of its own accord (pongs, the answer
         # to a close, the close of a failure): the owner takes and sends them.
         self.outgoing = bytearray()
-        self._frames = InboundFrames(max_message_bytes, masked=not client)
+        self._frames = InboundFrames(max_message_bytes, masked=not client, pongs=True)
         self._frames.synced()
         self._ws: Connection | None = None
         # The parts of a message wsproto is delivering, and their size.

@@ -42,7 +42,9 @@ _MASKED = 0x80
 _OP_CONTINUATION = 0x0
 _OP_BINARY = 0x2
 _OP_CONTROL = 0x8  # opcodes from 0x8 up are control frames
+_OP_PONG = 0xA
 _FIN_BINARY = _FIN | _OP_BINARY
+_FIN_PONG = _FIN | _OP_PONG
 
 _SHORT_BINARY_HEADS = [bytes((_FIN_BINARY, n)) for n in range(126)]
 # A client's frames: FIN, the opcode, the mask bit and the short length.
@@ -70,19 +72,36 @@ def unmask(key: int, payload: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
 
 
+class Pong:
+    """A pong frame the peer sent (its payload); see `InboundFrames(pongs=True)`."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Pong({self.payload!r})"
+
+
 class InboundFrames:
     """Splits one connection's inbound bytes into messages and bytes for wsproto.
 
     `masked`: the peer masks its frames (it is a client; we are the server).
+    `pongs`: pong frames are read here too and returned among the messages as `Pong`
+    (the answers to keepalive pings, which every idle connection sends: wsproto keeps no
+    state for them, and would otherwise be created for that alone).
     """
 
-    __slots__ = ("max_message_bytes", "in_sync", "_mask_bit", "_held", "_through",
+    __slots__ = ("max_message_bytes", "in_sync", "_mask_bit", "_pongs", "_held", "_through",
                  "_fragmented")
 
-    def __init__(self, max_message_bytes: int, *, masked: bool = True) -> None:
+    def __init__(self, max_message_bytes: int, *, masked: bool = True,
+                 pongs: bool = False) -> None:
         self.max_message_bytes = max_message_bytes
         self.in_sync = False
         self._mask_bit = _MASKED if masked else 0
+        self._pongs = pongs
         # The start of a frame not yet complete (or whose header is not): kept
         # back until it is, which is safe because whatever went to wsproto
         # before it ended at a frame boundary.
@@ -111,7 +130,8 @@ class InboundFrames:
         self.in_sync = True
 
     def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
-        """(messages read here, bytes for wsproto after them)."""
+        """(messages read here, bytes for wsproto after them); with `pongs`, the messages
+        include `Pong`s."""
         if not self.in_sync:
             return [], data
         end = len(data)
@@ -180,6 +200,18 @@ class InboundFrames:
                     messages.append(unmask(key, data[pos + head : pos + size]))
                 else:
                     messages.append(data[pos + head : pos + size])
+                pos += size
+                continue
+            if (self._pongs and b0 == _FIN_PONG and n < 126 and masked == mask_bit
+                    and not out and not self._fragmented):
+                if end - pos < size:
+                    self._held = data[pos:]
+                    break
+                if masked:
+                    key = int.from_bytes(data[pos + head - 4 : pos + head], "big")
+                    messages.append(Pong(unmask(key, data[pos + head : pos + size])))
+                else:
+                    messages.append(Pong(data[pos + head : pos + size]))  # type: ignore[arg-type]
                 pos += size
                 continue
             # wsproto's frame: track fragmentation as it will see it.
