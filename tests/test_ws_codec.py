@@ -206,3 +206,18 @@ def test_wsproto_is_only_created_when_a_frame_needs_it():
         assert server.receive(client.binary(b"ping-free")) == [b"ping-free"]
         client.receive(server.binary(b"answer"))
     assert server._ws is None and client._ws is None
+
+
+def test_text_frames_are_read_without_wsproto_and_bad_utf8_still_fails():
+    # Most clients log in with a text frame: no wsproto connection for that either.
+    server = Codec(client=False, max_message_bytes=LIMIT)
+    peer = Connection(ConnectionType.CLIENT)
+    login = '{"x-identity-auth-chain-0":"é…"}' * 20
+    assert dribble(server, peer.send(TextMessage(data=login))) == [login]
+    assert server._ws is None
+    bad = bytearray(peer.send(TextMessage(data="ab")))
+    # The payload, masked with the key in bytes 2-5: make it \xff\xfe once unmasked.
+    for i, byte in enumerate(b"\xff\xfe"):
+        bad[6 + i] = byte ^ bad[2 + i]
+    (failed,) = server.receive(bytes(bad))
+    assert isinstance(failed, Failed) and failed.close is Close.PROTOCOL_ERROR

@@ -11,7 +11,8 @@ through), and no attribute of wsproto's is ever read but `state`.
 
 The wsproto connection is created only when first needed (about 1.7 KiB per
 connection that never sees an unusual frame); pongs, which every idle
-connection sends in answer to keepalive pings, are read by the splitter too. It keeps no state for
+connection sends in answer to keepalive pings, and complete text frames of
+valid UTF-8 (the login of most clients) are read by the splitter too. It keeps no state for
 complete outbound messages, so binary, text and ping frames are written
 here (`frames.binary_frame`, `frames.masked_frame`) and only the close goes
 through wsproto, whose state it changes.
@@ -127,7 +128,8 @@ class Codec:
         # Frames this codec wants sent of its own accord (pongs, the answer
         # to a close, the close of a failure): the owner takes and sends them.
         self.outgoing = bytearray()
-        self._frames = InboundFrames(max_message_bytes, masked=not client, pongs=True)
+        self._frames = InboundFrames(max_message_bytes, masked=not client, pongs=True,
+                                     texts=True)
         self._frames.synced()
         self._ws: Connection | None = None
         # The parts of a message wsproto is delivering, and their size.

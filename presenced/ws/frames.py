@@ -40,11 +40,13 @@ _RSV = 0x70
 _OPCODE = 0x0F
 _MASKED = 0x80
 _OP_CONTINUATION = 0x0
+_OP_TEXT = 0x1
 _OP_BINARY = 0x2
 _OP_CONTROL = 0x8  # opcodes from 0x8 up are control frames
 _OP_PONG = 0xA
 _FIN_BINARY = _FIN | _OP_BINARY
 _FIN_PONG = _FIN | _OP_PONG
+_FIN_TEXT = _FIN | _OP_TEXT
 
 _SHORT_BINARY_HEADS = [bytes((_FIN_BINARY, n)) for n in range(126)]
 # A client's frames: FIN, the opcode, the mask bit and the short length.
@@ -91,17 +93,21 @@ class InboundFrames:
     `pongs`: pong frames are read here too and returned among the messages as `Pong`
     (the answers to keepalive pings, which every idle connection sends: wsproto keeps no
     state for them, and would otherwise be created for that alone).
+    `texts`: complete text frames whose payload is valid UTF-8 are read here too and
+    returned as `str` (the login frame of most clients is text); invalid UTF-8 is left to
+    wsproto, which fails the connection for it.
     """
 
-    __slots__ = ("max_message_bytes", "in_sync", "_mask_bit", "_pongs", "_held", "_through",
-                 "_fragmented")
+    __slots__ = ("max_message_bytes", "in_sync", "_mask_bit", "_pongs", "_texts", "_held",
+                 "_through", "_fragmented")
 
     def __init__(self, max_message_bytes: int, *, masked: bool = True,
-                 pongs: bool = False) -> None:
+                 pongs: bool = False, texts: bool = False) -> None:
         self.max_message_bytes = max_message_bytes
         self.in_sync = False
         self._mask_bit = _MASKED if masked else 0
         self._pongs = pongs
+        self._texts = texts
         # The start of a frame not yet complete (or whose header is not): kept
         # back until it is, which is safe because whatever went to wsproto
         # before it ended at a frame boundary.
@@ -130,8 +136,8 @@ class InboundFrames:
         self.in_sync = True
 
     def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
-        """(messages read here, bytes for wsproto after them); with `pongs`, the messages
-        include `Pong`s."""
+        """(messages read here, bytes for wsproto after them); with `pongs` and `texts`, the
+        messages include `Pong`s and `str`s."""
         if not self.in_sync:
             return [], data
         end = len(data)
@@ -202,6 +208,24 @@ class InboundFrames:
                     messages.append(data[pos + head : pos + size])
                 pos += size
                 continue
+            if (self._texts and b0 == _FIN_TEXT and masked == mask_bit and not out
+                    and not self._fragmented and n <= self.max_message_bytes):
+                if end - pos < size:
+                    self._held = data[pos:]
+                    break
+                if masked:
+                    key = int.from_bytes(data[pos + head - 4 : pos + head], "big")
+                    raw = unmask(key, data[pos + head : pos + size])
+                else:
+                    raw = data[pos + head : pos + size]
+                try:
+                    messages.append(raw.decode())  # type: ignore[arg-type]
+                except UnicodeDecodeError:
+                    # wsproto's to refuse, from this frame on.
+                    self._texts = False
+                else:
+                    pos += size
+                    continue
             if (self._pongs and b0 == _FIN_PONG and n < 126 and masked == mask_bit
                     and not out and not self._fragmented):
                 if end - pos < size:
