@@ -162,7 +162,7 @@ def test_the_start_up_line_says_what_runs_without_the_redis_password(absent_redi
     assert start["level"] == "info" and start["logger"] == "presenced.server"
     # Derived from the open-files limit, less a reserve (presenced/server/admission.py).
     assert 0 < start["max_connections"] == start["max_sockets"] and start["ttl_s"] == 120
-    assert 0 < start["max_pending_logins"] <= 8192
+    assert 0 < start["max_pending_logins"] <= 16384
 
 
 @pytest.mark.parametrize("args, expected", [

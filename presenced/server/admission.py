@@ -55,11 +55,12 @@ LOGIN_GRACE_S = 3.0
 # admin endpoint clients (Prometheus, probes, an operator's CLI), PostgreSQL, DNS, the
 # profiles client; the Redis pool comes on top.
 FD_RESERVE_BASE = 96
-# Sockets awaiting login in total, at most: a quarter of the socket cap, so that silent
-# sockets from many addresses cannot take most descriptors from logged-in users, and enough
-# for a reconnect storm to keep the server busy while the rest waits in the listen backlog.
-PENDING_SHARE = 4
-PENDING_CAP = 8192
+# Sockets awaiting login in total, at most: half the socket cap, so that silent sockets from
+# many addresses cannot take every descriptor from logged-in users, and enough for a
+# reconnect storm of a full server to wait in memory (about 1.4 KB each) rather than in SYN
+# retransmissions once the listen backlog is full.
+PENDING_SHARE = 2
+PENDING_CAP = 16384
 PENDING_PER_SOURCE = 64
 
 
