@@ -49,7 +49,7 @@ async def app(nursery):
     hub = Hub(ServerConfig(), store)
     await nursery.start(hub.run)
     transport = httpx.ASGITransport(app=create_app(hub))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client, hub, store
 
 
@@ -81,7 +81,8 @@ async def test_store_unavailable_is_503_json(app):
                      await client.put(f"/v1/friendships/{a}/{b}")):
         assert response.status_code == 503
         assert "redis is down" in response.json()["error"]
-    response = await client.post("/v1/friendships/import", content=f"{a},{b}\n")
+    response = await client.post("/v1/friendships/import", content=f"{a},{b}\n",
+                                 headers={"Content-Type": "text/csv"})
     assert response.status_code == 503 and response.json()["added"] == 0
 
 
@@ -116,7 +117,7 @@ async def test_metrics_without_store_metrics(nursery):
     hub = Hub(ServerConfig(), MemoryStore())
     await nursery.start(hub.run)
     transport = httpx.ASGITransport(app=create_app(hub))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         text = (await client.get("/metrics")).text
     assert "presenced_redis" not in text
     assert "presenced_connections " in text

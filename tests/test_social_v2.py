@@ -401,7 +401,7 @@ async def test_profile_and_friendship_metrics(nursery):
             async with server.v2(ALICE) as alice:
                 await alice.get_friends()
             transport = httpx.ASGITransport(app=create_app(server.hub))
-            async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
                 text = (await http.get("/metrics")).text
     samples = {(s.name, s.labels.get("result")): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}

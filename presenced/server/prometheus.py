@@ -111,6 +111,10 @@ class HubCollector:
         yield _labelled_counter("presenced_background_task_failures",
                                 "Background tasks that failed and were restarted, by task.",
                                 "task", m.task_failures)
+        yield _labelled_counter("presenced_admin_requests_refused",
+                                "Admin requests refused as a browser's (foreign Host or "
+                                "Origin, or a write's media type), by reason.",
+                                "reason", m.admin_refused)
 
         heartbeats = CounterMetricFamily("presenced_heartbeats",
                                          "Position heartbeats by result and reason.",
