@@ -19,7 +19,7 @@ import trio
 from presenced.auth.identity import Identity
 from presenced.client import ConnectionEnded, PresenceClient
 from presenced.server.config import ServerConfig
-from presenced.store.redis import RedisStore
+from presenced.store.redis_store import RedisStore
 from presenced.v1 import presence_pb2 as pb
 from tests.support.daemon import Daemon
 

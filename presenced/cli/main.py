@@ -69,8 +69,9 @@ def serve(
                                       help="Port to listen on for WebSockets.")] = 8085,
     friends: Annotated[Path | None, typer.Option(
         envvar=_env("FRIENDS"), exists=True, dir_okay=False,
-        help="Friendships to load at start (embedded store): CSV lines 'address_a,address_b', "
-             "'#' comments, or JSON lines.")] = None,
+        help="Friendships to load at start, into the embedded store or (idempotently) into "
+             "Redis, which also rebuilds them from this file if it loses its data: CSV lines "
+             "'address_a,address_b', '#' comments, or JSON lines.")] = None,
     redis_url: Annotated[str | None, typer.Option(
         envvar=_env("REDIS_URL"),
         help="Use the shared Redis store at this URL (redis://host:port/db) instead of the "

@@ -13,14 +13,16 @@ from presenced.server import admin, closecodes, runtime
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
 from presenced.server.hub import Hub
-from presenced.store.base import Store
-from presenced.store.friends_file import read_friendships_file
+from presenced.store.base import Friendship, Store, StoreUnavailable
+from presenced.store.friends_file import FriendsFile, FriendsFileError
 from presenced.store.memory import MemoryStore
 
 log = logging.getLogger("presenced.server")
 
 # Seconds the open connections get to close cleanly on shutdown.
 SHUTDOWN_GRACE_S = 10.0
+# Seconds between attempts to load the friends file while the store is away.
+FRIENDS_RETRY_S = 1.0
 
 
 class ConfigError(Exception):
@@ -29,22 +31,37 @@ class ConfigError(Exception):
 
 def build_store(config: ServerConfig) -> Store:
     if config.redis_url:
-        from presenced.store.redis import RedisStore
+        from presenced.store.redis_store import RedisStore
 
         return RedisStore(config.redis_url, config.redis_store_config())
-    store = MemoryStore()
-    if config.friends_file:
+    return MemoryStore()
+
+
+def read_friends_file(config: ServerConfig) -> tuple[FriendsFile, list[Friendship]] | None:
+    """The `--friends` file as a friends source and its pairs; a malformed
+    file is a ConfigError, found before anything starts."""
+    if not config.friends_file:
+        return None
+    source = FriendsFile(config.friends_file)
+    try:
+        return source, source.read()
+    except FriendsFileError as e:
+        raise ConfigError(str(e)) from None
+
+
+async def load_friends_file(store: Store, source: FriendsFile, pairs: list[Friendship]) -> None:
+    """Load the file into the store (idempotent: a shared store keeps what
+    other instances loaded), retrying while the store is away."""
+    while True:
         try:
-            pairs, errors = read_friendships_file(config.friends_file)
-        except OSError as e:
-            raise ConfigError(f"cannot read friends file: {e}") from None
-        if errors:
-            shown = "; ".join(str(e) for e in errors[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            raise ConfigError(f"{config.friends_file}: {shown}{more}")
-        added = store.load_friendships(pairs)
-        log.info("loaded %d friendships from %s", added, config.friends_file)
-    return store
+            added = await store.load_friendships(pairs)
+        except StoreUnavailable as e:
+            log.warning("cannot load the %s yet (%s); retrying", source.name, e)
+            await trio.sleep(FRIENDS_RETRY_S)
+            continue
+        log.info("loaded %d friendships from %s (%d new to the store)",
+                 len(pairs), source.path, added)
+        return
 
 
 async def open_listeners(host: str, port: int, reuse_port: bool) -> list[trio.SocketListener]:
@@ -83,7 +100,11 @@ async def serve(
     problem = admin.admin_config_problem(config)
     if problem is not None:
         raise ConfigError(problem)
+    friends = read_friends_file(config)
     hub = Hub(config, store or build_store(config))
+    if friends is not None:
+        # The store rebuilds friendships from the file if it ever loses them.
+        hub.store.set_friends_source(friends[0])
 
     async def handle(request: WebSocketRequest) -> None:
         # trio-websocket runs this in the server's nursery: anything escaping
@@ -110,6 +131,9 @@ async def serve(
 
     async with trio.open_nursery() as root:
         await root.start(hub.run)
+        if friends is not None:
+            await load_friends_file(hub.store, *friends)
+            del friends
         if freeze_loaded_state:
             runtime.freeze_loaded_state()
         try:

@@ -14,15 +14,28 @@ from collections.abc import Iterable
 import trio
 
 from presenced.model import Presence, PresenceOp, PresenceWrite
-from presenced.store.base import EventSink, Friendship, ordered_pair
+from presenced.store.base import (
+    EventSink,
+    Friendship,
+    FriendshipChanged,
+    FriendsSource,
+    StoreEvent,
+    StoreStats,
+    ordered_pair,
+)
+
+# Pairs of a bulk load announced to the sink at once.
+LOAD_EVENTS_BATCH = 20_000
 
 
 class MemoryStore:
     def __init__(self, instance_id: str | None = None) -> None:
         self.instance_id = instance_id or secrets.token_hex(6)
+        self.stats = StoreStats()
         self._friends: dict[str, set[str]] = {}
         # By time of the last write, oldest first, so expiry pops the front.
         self._presence: OrderedDict[str, Presence] = OrderedDict()
+        self._sink: EventSink | None = None
 
     @property
     def healthy(self) -> bool:
@@ -31,7 +44,8 @@ class MemoryStore:
     async def run(
         self, sink: EventSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        # No other instance exists, so nothing ever reaches the sink.
+        # No other instance exists: only bulk loads reach the sink.
+        self._sink = sink
         task_status.started()
         await trio.sleep_forever()
 
@@ -44,10 +58,10 @@ class MemoryStore:
 
     # ------------------------------------------------------------- friendships
 
-    def load_friendships(self, pairs: Iterable[Friendship]) -> int:
-        """Bulk load at start-up (the `--friends` file); returns how many were new."""
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
         added = 0
         friends = self._friends
+        events: list[StoreEvent] = []
         for a, b in pairs:
             if a == b:
                 continue
@@ -56,7 +70,18 @@ class MemoryStore:
                 fa.add(b)
                 friends.setdefault(b, set()).add(a)
                 added += 1
+                if self._sink is not None:
+                    events.append(FriendshipChanged(a, b, True))
+                    if len(events) >= LOAD_EVENTS_BATCH:
+                        self._sink(events)
+                        events = []
+        if events and self._sink is not None:
+            self._sink(events)
         return added
+
+    def set_friends_source(self, source: FriendsSource | None) -> None:
+        # Friendships live as long as the process: nothing to rebuild them for.
+        pass
 
     async def friends_of(self, address: str) -> frozenset[str]:
         return frozenset(self._friends.get(address, ()))

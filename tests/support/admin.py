@@ -23,8 +23,8 @@ def new_address() -> str:
 
 def redis_store_available() -> str | None:
     """None when Redis-backed runs are possible, else why not."""
-    if importlib.util.find_spec("presenced.store.redis") is None:
-        return "presenced.store.redis does not exist yet"
+    if importlib.util.find_spec("presenced.store.redis_store") is None:
+        return "presenced.store.redis_store does not exist yet"
     if shutil.which("redis-server") is None:
         return "redis-server is not installed"
     return None
