@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from presenced.engine import (
+    Abusive,
     Accepted,
     BadRequest,
     EngineConfig,
@@ -195,6 +196,31 @@ def test_rate_limit_answers_too_many_requests_and_changes_nothing():
     assert drain(box) == {B: (True, P1)}
     w.now += 800
     assert w.heartbeat(sb, P2) == Accepted(P2)
+
+
+def test_a_client_over_its_rate_by_a_little_is_only_refused():
+    w = World(heartbeat_rate=1, heartbeat_burst=2)
+    sb = w.login(B)
+    outcomes = []
+    for _ in range(600):  # ten minutes at twice the allowed rate
+        w.now += 500
+        outcomes.append(type(w.heartbeat(sb, P1)))
+    assert set(outcomes) == {Accepted, TooManyRequests}
+    assert Abusive not in outcomes
+
+
+def test_a_client_far_over_its_rate_is_abusive_within_a_second():
+    w = World(heartbeat_rate=1, heartbeat_burst=2, abuse_strikes=30, abuse_rate_factor=3)
+    sb = w.login(B)
+    outcomes = []
+    while not outcomes or not isinstance(outcomes[-1], Abusive):
+        w.now += 2  # 500 heartbeats a second
+        outcomes.append(w.heartbeat(sb, P1))
+        assert len(outcomes) < 500, "never judged abusive"
+    # The burst, then the strikes, each spent once (the refill at this pace is tiny).
+    assert [type(o) for o in outcomes[:2]] == [Accepted, Accepted]
+    assert all(isinstance(o, TooManyRequests) for o in outcomes[2:-1])
+    assert len(outcomes) == 2 + 30 + 1
 
 
 def test_rate_limit_is_per_connection():

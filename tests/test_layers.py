@@ -1,10 +1,11 @@
 """The layers of presenced, read from the source with `ast` (nothing is imported).
 
-From the bottom: the model, the wire (rpc) and authentication; the engine;
-the stores; the server; the command line, the simulator and the client at
-the top. A module may import its own layer or a lower one, never a higher
-one: a store that imported the server could not be used (or tested)
-without it, and any change to the server would ripple down.
+From the bottom: the model and the close codes, the wire (rpc) and
+authentication; the engine; the RPC modules (services) beside the stores;
+the server; the command line, the simulator and the client at the top.
+A module may import its own layer or a lower one, never a higher one: a
+store that imported the server could not be used (or tested) without it,
+and any change to the server would ripple down.
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ TOP = ("presenced.server", "presenced.cli", "presenced.simulate", "presenced.cli
 
 # Source (a package directory or a module file, relative to presenced/) ->
 # modules it must not import (nor anything under them).
+BELOW_ENGINE = ("presenced.engine", "presenced.services", "presenced.store")
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "model.py": TOP,
-    "rpc": (*TOP, "presenced.engine", "presenced.store"),
-    "auth": (*TOP, "presenced.engine", "presenced.store"),
-    "engine": (*TOP, "presenced.store"),
-    "store": TOP,
+    "model.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth"),
+    "closes.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
+    "rpc": (*TOP, *BELOW_ENGINE),
+    "auth": (*TOP, *BELOW_ENGINE),
+    "engine": (*TOP, "presenced.services", "presenced.store"),
+    # The modules know presence and the wire, not where state is kept: they reach the store
+    # only through the session the server gives them.
+    "services": (*TOP, "presenced.store"),
+    "store": (*TOP, "presenced.services"),
 }
 
 

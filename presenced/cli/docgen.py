@@ -10,8 +10,9 @@ builds (`typer.main.get_command`), walking every command and subcommand, so
 a new command gets a page without anyone touching this file, and every
 option appears with the same help, default, range and environment variable
 as in `--help`. This avoids help2man (a system package, and it parses help
-text laid out for a terminal) and click-man (it drops Typer's options, see
-the stack notes). The output depends on nothing but the code: no date, no
+text laid out for a terminal) and click-man (it filters options on
+`isinstance(x, click.Option)`, which Typer's options are not, so it drops
+them). The output depends on nothing but the code: no date, no
 terminal width, no environment.
 
 Completion scripts are Typer's own (`_PRESENCED_COMPLETE=source_<shell>`).

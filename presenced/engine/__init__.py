@@ -1,6 +1,7 @@
 """The presence engine: pure presence logic with an injected clock."""
 
 from presenced.engine.engine import (
+    Abusive,
     Accepted,
     BadRequest,
     EngineConfig,
@@ -12,6 +13,7 @@ from presenced.engine.engine import (
 from presenced.engine.mailbox import Mailbox
 
 __all__ = [
+    "Abusive",
     "Accepted",
     "BadRequest",
     "EngineConfig",

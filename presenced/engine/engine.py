@@ -35,6 +35,12 @@ class EngineConfig:
     # Token bucket per connection: sustained rate and burst of heartbeats.
     heartbeat_rate: float = 1.0
     heartbeat_burst: int = 2
+    # A connection that keeps sending far more heartbeats than it may is abusive: refused
+    # heartbeats spend from a second bucket of `abuse_strikes` that refills at
+    # `abuse_rate_factor` times the heartbeat rate. A client over its rate by less than that
+    # factor is only refused; one far over it empties the bucket and is disconnected.
+    abuse_strikes: int = 30
+    abuse_rate_factor: float = 3.0
     realm_max_bytes: int = 128
     min_x: int = -1000
     max_x: int = 1000
@@ -75,17 +81,27 @@ class TooManyRequests:
     retry_after_ms: int
 
 
-HeartbeatOutcome = Accepted | BadRequest | TooManyRequests
+@dataclass(frozen=True, slots=True)
+class Abusive:
+    """The connection keeps exceeding its heartbeat rate by far: end it."""
+
+    message: str
+
+
+HeartbeatOutcome = Accepted | BadRequest | TooManyRequests | Abusive
 
 
 class _Session:
-    __slots__ = ("id", "user", "tokens", "tokens_at_ms", "mailbox")
+    __slots__ = ("id", "user", "tokens", "tokens_at_ms", "strikes", "mailbox")
 
-    def __init__(self, session_id: int, user: _User, tokens: float, now_ms: int) -> None:
+    def __init__(
+        self, session_id: int, user: _User, tokens: float, strikes: float, now_ms: int
+    ) -> None:
         self.id = session_id
         self.user = user
         self.tokens = tokens
         self.tokens_at_ms = now_ms
+        self.strikes = strikes
         self.mailbox: Mailbox | None = None
 
 
@@ -163,6 +179,16 @@ class PresenceEngine:
     def online_friends(self, session_id: int) -> list[Presence]:
         return self.presences(self._sessions[session_id].user.friends or ())
 
+    def online_friend_addresses(self, session_id: int) -> list[str]:
+        """The session's friends who are online now, sorted (no snapshots taken)."""
+        users = self._users
+        online = [
+            a for a in self._sessions[session_id].user.friends or ()
+            if (u := users.get(a)) is not None and u.online
+        ]
+        online.sort()
+        return online
+
     def owned_presences(self) -> list[Presence]:
         """Everyone this instance vouches for (to re-write a store that lost them)."""
         return [self._users[a].snapshot() for a in self._owned]
@@ -184,7 +210,9 @@ class PresenceEngine:
             user = self._users[address] = _User(address, now_ms)
         if not user.sessions:
             user.friends = {f for f in friends if f != address}
-        session = _Session(session_id, user, float(self.config.heartbeat_burst), now_ms)
+        config = self.config
+        session = _Session(session_id, user, float(config.heartbeat_burst),
+                           float(config.abuse_strikes), now_ms)
         user.sessions[session_id] = session
         self._sessions[session_id] = session
         # A reconnect inside the grace period is invisible to friends.
@@ -223,18 +251,26 @@ class PresenceEngine:
         if session is None:
             return BadRequest("not logged in")
         config = self.config
-        tokens = min(
-            float(config.heartbeat_burst),
-            session.tokens + (now_ms - session.tokens_at_ms) * config.heartbeat_rate / 1000.0,
-        )
+        elapsed_ms = now_ms - session.tokens_at_ms
+        refill = elapsed_ms * config.heartbeat_rate / 1000.0
+        tokens = min(float(config.heartbeat_burst), session.tokens + refill)
         session.tokens_at_ms = now_ms
+        # Strikes refill with the same elapsed time, faster.
+        strikes = min(float(config.abuse_strikes),
+                      session.strikes + refill * config.abuse_rate_factor)
         if tokens < 1.0:
             session.tokens = tokens
             self.stats.heartbeats_rejected_rate += 1
+            if strikes < 1.0:
+                session.strikes = strikes
+                return Abusive(
+                    f"heartbeats far over the limit of {config.heartbeat_rate:g} per second")
+            session.strikes = strikes - 1.0
             retry = math.ceil((1.0 - tokens) * 1000.0 / config.heartbeat_rate)
             return TooManyRequests(
                 f"at most {config.heartbeat_rate:g} heartbeats per second", retry
             )
+        session.strikes = strikes
         session.tokens = tokens - 1.0
         error = self.validate_position(position)
         if error is not None:
@@ -570,6 +606,7 @@ class PresenceEngine:
 
 
 __all__ = [
+    "Abusive",
     "Accepted",
     "BadRequest",
     "EngineConfig",

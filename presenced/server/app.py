@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
+from presenced.closes import Close
 from presenced.errors import leaf_exceptions
-from presenced.server import admin, closecodes, runtime
+from presenced.server import admin, runtime
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
 from presenced.server.hub import Hub
+from presenced.services import SERVED_MODULES
+from presenced.services.base import Module
 from presenced.store.base import Friendship, Store, StoreUnavailable
 from presenced.store.friends_file import FriendsFile, FriendsFileError
 from presenced.store.memory import MemoryStore
@@ -88,12 +92,14 @@ async def serve(
     shutdown: trio.Event,
     *,
     store: Store | None = None,
+    modules: Sequence[Module] = SERVED_MODULES,
     reuse_port: bool = False,
     freeze_loaded_state: bool = False,
     task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set, then close every connection with 1001.
 
+    `modules` are the RPC modules offered (tests serve modules of their own).
     `freeze_loaded_state` (the daemon, not tests sharing a process) moves
     the state loaded at start-up out of the garbage collector's passes.
     """
@@ -101,7 +107,7 @@ async def serve(
     if problem is not None:
         raise ConfigError(problem)
     friends = read_friends_file(config)
-    hub = Hub(config, store or build_store(config))
+    hub = Hub(config, store or build_store(config), modules)
     if friends is not None:
         # The store rebuilds friendships from the file if it ever loses them.
         hub.store.set_friends_source(friends[0])
@@ -123,9 +129,9 @@ async def serve(
         remote = request.remote
         peer = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
         if config.max_connections and len(hub.live) >= config.max_connections:
-            hub.metrics.disconnects["full"] += 1
+            hub.metrics.disconnects[Close.FULL.label] += 1
             with trio.move_on_after(5):
-                await ws.aclose(closecodes.TRY_AGAIN_LATER, "Unable to acquire connection")
+                await ws.aclose(Close.FULL.code, Close.FULL.text())
             return
         await Connection(hub, ws, peer).run()
 
@@ -177,7 +183,7 @@ async def serve(
                 await shutdown.wait()
                 log.info("shutting down: closing %d connections", len(hub.live))
                 listen_scope.cancel()
-                hub.kill_all(closecodes.GOING_AWAY, "server shutting down")
+                hub.kill_all(Close.SHUTDOWN)
                 # Wait for the closing handshakes, then drop whatever is left
                 # (sockets still in the HTTP upgrade have nothing to close).
                 with trio.move_on_after(SHUTDOWN_GRACE_S):

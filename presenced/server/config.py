@@ -28,6 +28,15 @@ class ServerConfig:
     # long is disconnected.
     stuck_timeout_s: float = 60.0
     max_connections: int = 0
+    # What one logged-in connection may make the server hold (docs/security.md): real clients
+    # open one port named in ~15 characters and at most a handful of streams.
+    max_ports_per_connection: int = 8
+    max_port_name_bytes: int = 128
+    max_streams_per_connection: int = 32
+    # Inbound messages per second one connection may send (sustained, and in a burst): about
+    # a hundred times what a busy real client sends; past it the connection is closed (1008).
+    max_messages_per_s: float = 200.0
+    message_burst: int = 2000
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None

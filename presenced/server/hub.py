@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.model import Presence, PresenceWrite
+from presenced.rpc.modules import module_registry
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
 from presenced.server.metrics import Metrics
+from presenced.services import SERVED_MODULES
+from presenced.services.base import Module, Procedure, Services
 from presenced.store.base import (
     Expired,
     Friendship,
@@ -36,6 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("presenced.hub")
 
+# Pause before a failed background task runs again, doubling while it keeps failing.
+RESTART_DELAY_MIN_S = 0.1
+RESTART_DELAY_MAX_S = 30.0
+
 # Users expired per step of the ticker and the sweeper. One expiry costs about
 # 16 µs with 20 friends (bench/suite/sweep.py), so a step blocks the event
 # loop for roughly 8 ms however many users expire at once.
@@ -43,7 +51,7 @@ EXPIRY_STEP = 500
 
 
 class Killable(Protocol):
-    def kill(self, code: int, reason: str, cause: str) -> None: ...
+    def kill(self, close: Close, detail: str | None = None) -> None: ...
 
 
 class LiveConnection(Killable, Protocol):
@@ -51,11 +59,20 @@ class LiveConnection(Killable, Protocol):
 
 
 class Hub:
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(
+        self, config: ServerConfig, store: Store, modules: Sequence[Module] = SERVED_MODULES
+    ) -> None:
         self.config = config
         self.store = store
         self.engine = PresenceEngine(config.engine, store.write)
         self.metrics = Metrics()
+        # The RPC modules served: their declarations for the protocol core, and every
+        # procedure by (module, name) for dispatch.
+        self.module_specs = module_registry(*(m.spec for m in modules))
+        self.procedures: dict[tuple[str, str], Procedure] = {
+            (m.name, p.name): p for m in modules for p in m.procedures
+        }
+        self.services = Services()
         # Logged-in connections by session id, and every connection, logged in or not.
         self.connections: dict[int, LiveConnection] = {}
         self.live: set[Killable] = set()
@@ -78,11 +95,32 @@ class Hub:
         self._clock = TrioWallClock()
         async with trio.open_nursery() as nursery:
             await nursery.start(self._run_store)
-            nursery.start_soon(self._ticker)
-            nursery.start_soon(self._sweeper)
-            nursery.start_soon(self._keepalive)
+            nursery.start_soon(self._supervised, "ticker", self._ticker)
+            nursery.start_soon(self._supervised, "sweeper", self._sweeper)
+            nursery.start_soon(self._supervised, "keepalive", self._keepalive)
             self.ready = True
             task_status.started()
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop forever: a bug in one pass must not end the server.
+
+        The failure is logged with its traceback and counted, and the loop starts again after
+        a pause that grows while it keeps failing (so a persistent bug costs little).
+        """
+        delay = RESTART_DELAY_MIN_S
+        while True:
+            started = trio.current_time()
+            try:
+                await loop()
+            except Exception:
+                self.metrics.task_failures[name] += 1
+                log.exception("background task %s failed; restarting it in %.1f s", name, delay)
+            else:
+                return
+            if trio.current_time() - started > RESTART_DELAY_MAX_S:
+                delay = RESTART_DELAY_MIN_S  # it had been running fine
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     async def _run_store(self, *, task_status: trio.TaskStatus[None]) -> None:
         await self.store.run(self._apply_store_events, task_status=task_status)
@@ -98,7 +136,7 @@ class Hub:
                 for session_id in engine.tick(now_ms, EXPIRY_STEP):
                     conn = self.connections.get(session_id)
                     if conn is not None:
-                        conn.kill(1011, "presence expired: no sign of life", "expired")
+                        conn.kill(Close.EXPIRED)
                 if not engine.due(now_ms):
                     break
                 # Let connections be served between steps of a mass expiry.
@@ -188,6 +226,6 @@ class Hub:
 
     # -------------------------------------------------------------- shutdown
 
-    def kill_all(self, code: int, reason: str) -> None:
+    def kill_all(self, close: Close) -> None:
         for conn in list(self.live):
-            conn.kill(code, reason, "shutdown")
+            conn.kill(close)

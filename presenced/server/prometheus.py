@@ -77,6 +77,9 @@ class HubCollector:
                                 "procedure", m.requests)
         yield _counter("presenced_handler_errors",
                        "Unexpected errors caught in connection handlers.", m.handler_errors)
+        yield _labelled_counter("presenced_background_task_failures",
+                                "Background tasks that failed and were restarted, by task.",
+                                "task", m.task_failures)
 
         heartbeats = CounterMetricFamily("presenced_heartbeats",
                                          "Position heartbeats by result and reason.",

@@ -46,8 +46,8 @@ GC_THRESHOLDS = (200_000, 50, 1000)
 def tune_gc() -> None:
     """Make garbage collection rare for a long-lived server with many tasks.
 
-    With default thresholds, a server holding 10k connections spent over half
-    its time in the collector (pauses up to 0.7 s, see the stack notes).
+    With default thresholds, a server holding 10k connections was measured
+    spending over half its time in the collector, with pauses up to 0.7 s.
     Raising the thresholds makes collections rare, and freezing what exists
     at start-up (modules, configuration) keeps it out of every later pass.
     """

@@ -39,7 +39,7 @@ from outcome import Value
 from trio_websocket import ConnectionTimeout, HandshakeError
 
 from presenced.auth.identity import Identity, login_frame
-from presenced.client import MODULE, ConnectionEnded, RemoteError
+from presenced.client import ConnectionEnded, RemoteError
 from presenced.errors import leaf_exceptions
 from presenced.rpc.client import RpcClientConnection
 from presenced.rpc.events import (
@@ -54,6 +54,7 @@ from presenced.rpc.events import (
 )
 from presenced.rpc.frames import MessageType, ProtocolError, pack_id
 from presenced.server.ws_frames import unmask
+from presenced.services.presence import MODULE_NAME, POSITION_HEARTBEAT, SUBSCRIBE
 from presenced.v1 import presence_pb2 as pb
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -63,7 +64,6 @@ _RECV_SIZE = 65536
 _MAX_HANDSHAKE = 16384
 _ABNORMAL = 1006
 _NO_STATUS = 1005
-_SUBSCRIBE = "SubscribeFriendshipPresenceUpdates"
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _decode_updates = pb.SubscribeFriendshipPresenceUpdatesResponse.FromString
 _decode_response = pb.PositionResponse.FromString
@@ -303,14 +303,14 @@ class WireClient:
         created = await self._request(self._rpc.create_port(port_name))
         assert isinstance(created, PortCreated)
         self.port_id = created.port_id
-        loaded = await self._request(self._rpc.request_module(self.port_id, MODULE))
+        loaded = await self._request(self._rpc.request_module(self.port_id, MODULE_NAME))
         assert isinstance(loaded, ModuleLoaded)
         self.procedures = dict(loaded.procedures)
 
     # ------------------------------------------------------------------ RPCs
 
     async def heartbeat_raw(self, payload: bytes) -> pb.PositionResponse:
-        number = self._rpc.call(self.port_id, self.procedures["PositionHeartbeat"], payload)
+        number = self._rpc.call(self.port_id, self.procedures[POSITION_HEARTBEAT], payload)
         result = await self._request(number)
         assert isinstance(result, ResponseReceived)
         return _decode_response(result.payload)
@@ -325,7 +325,7 @@ class WireClient:
         """
         self._on_batch = on_batch
         number = self._stream_number = self._rpc.call(self.port_id,
-                                                      self.procedures[_SUBSCRIBE])
+                                                      self.procedures[SUBSCRIBE])
         port = _pack_u32(self.port_id)
         # Fields 1 to 4's tag of this stream's items, and of our ACKs.
         self._item_head = (b"\x0d" + _pack_u32(pack_id(MessageType.STREAM_MESSAGE, number))
