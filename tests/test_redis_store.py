@@ -8,6 +8,7 @@ survives Redis and its change feed failing.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from presenced.store.base import (
 )
 from presenced.store.redis_config import RedisStoreConfig
 from presenced.store.redis_store import RedisStore
+from tests.support.redis_server import RedisServer
 from tests.support.waits import now_ms, wait_until
 
 TTL = 2_000
@@ -509,3 +511,156 @@ async def test_a_restarted_sequence_is_noticed(cluster, redis_server):
     a.write(PresenceWrite(online("0xu", realm="three"), True))
     await rb.wait_for(lambda: len(rb.of(RemotePresence)) == 2)
     assert b.stats.resyncs == {"start": 1, "gap": 1}
+
+
+# --------------------------------------------------------------- data loss
+
+
+def removals(rec: Recorder) -> list[FriendshipChanged]:
+    return [e for e in rec.of(FriendshipChanged) if not e.added]
+
+
+async def resyncs_after(store: RedisStore, kind: str, before: int) -> None:
+    await wait_until(lambda: store.stats.resyncs[kind] > before and store.healthy, 10)
+
+
+async def audit_and_feed_resyncs(redis_server, *stores: RedisStore) -> None:
+    """A resync of each kind the issue names, on every store, after recovery."""
+    audits = [s.stats.resyncs["audit"] for s in stores]
+    reconnects = [s.stats.resyncs["feed-reconnected"] for s in stores]
+    r = redis_server.client()
+    try:
+        # A counter no message matches: every audit finds a "lost" message.
+        r.hincrby(stores[0].keys.seq, "ghost", 1)
+        for store, before in zip(stores, audits, strict=True):
+            await resyncs_after(store, "audit", before)
+        assert r.client_kill_filter(_type="pubsub") >= len(stores)
+    finally:
+        r.close()
+    for store, before in zip(stores, reconnects, strict=True):
+        await resyncs_after(store, "feed-reconnected", before)
+
+
+async def recovered(*stores: RedisStore) -> None:
+    await wait_until(lambda: all(s.stats.outages for s in stores), 10)
+    await wait_until(lambda: all(s.healthy for s in stores), 10)
+
+
+def friend_set(redis_server, store: RedisStore, address: str) -> set[str]:
+    r = redis_server.client()
+    try:
+        return {m.decode() for m in r.smembers(store.keys.friends(address))}
+    finally:
+        r.close()
+
+
+async def test_an_empty_restart_never_unfriends_anyone(cluster, redis_server):
+    """Issue 14: after Redis restarted without persistence, the next resync of
+    any kind (the periodic audit, a dropped pub/sub connection) compared the
+    cached friend sets with the empty ones in Redis and removed them all."""
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
+    await a.add_friendships([("0xa1", "0xb1"), ("0xa1", "0xa2")])
+    assert await a.friends_of("0xa1") == {"0xb1", "0xa2"}
+    assert await b.friends_of("0xb1") == {"0xa1"}
+    a.write(PresenceWrite(online("0xa1"), True))
+    b.write(PresenceWrite(online("0xb1"), True))
+    await rb.wait_for(lambda: rb.of(RemotePresence))
+    await ra.wait_for(lambda: ra.of(RemotePresence))
+
+    redis_server.restart()
+    await recovered(a, b)
+    await audit_and_feed_resyncs(redis_server, a, b)
+
+    assert removals(ra) == [] and removals(rb) == []
+    assert await a.friends_of("0xa1") == {"0xb1", "0xa2"}
+    assert await b.friends_of("0xb1") == {"0xa1"}
+    # What the instances had in memory is in Redis again, both directions.
+    assert friend_set(redis_server, a, "0xa1") == {"0xb1", "0xa2"}
+    assert friend_set(redis_server, a, "0xa2") == {"0xa1"}
+    assert friend_set(redis_server, a, "0xb1") == {"0xa1"}
+
+
+async def test_a_restart_from_an_older_save_never_unfriends_anyone(cluster, redis_server):
+    """Redis restarted from a dump that misses the last writes: the same epoch,
+    but counters that went back; the friendships made since are put back."""
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
+    await a.add_friendships([("0xa1", "0xb1")])
+    assert await a.friends_of("0xa1") == {"0xb1"}
+    r = redis_server.client()
+    try:
+        r.save()
+    finally:
+        r.close()
+    await a.add_friendships([("0xa1", "0xlate")])
+    assert await b.friends_of("0xlate") == {"0xa1"}
+
+    redis_server.restart()
+    await recovered(a, b)
+    await audit_and_feed_resyncs(redis_server, a, b)
+
+    assert removals(ra) == [] and removals(rb) == []
+    assert await a.friends_of("0xa1") == {"0xb1", "0xlate"}
+    assert await b.friends_of("0xlate") == {"0xa1"}
+    assert friend_set(redis_server, a, "0xa1") == {"0xb1", "0xlate"}
+
+
+class ListSource:
+    """A friends source in memory, in two batches."""
+
+    name = "test source"
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+        self.reads = 0
+
+    async def batches(self):
+        self.reads += 1
+        yield self.pairs[:1]
+        yield self.pairs[1:]
+
+
+async def test_friendships_are_rebuilt_from_the_source_after_an_empty_restart(
+        cluster, redis_server, caplog):
+    caplog.set_level(logging.INFO, logger="presenced.store.redis")
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
+    source = ListSource([("0xs1", "0xs2"), ("0xa1", "0xs3")])
+    a.set_friends_source(source)
+    assert await a.load_friendships(source.pairs) == 2
+    assert await a.friends_of("0xa1") == {"0xs3"}
+    # Made through the admin API, not in the source: survives through memory.
+    await b.add_friendships([("0xb1", "0xb2")])
+    assert await b.friends_of("0xb1") == {"0xb2"}
+    heard = len(rb.of(FriendshipChanged))
+
+    redis_server.restart()
+    await recovered(a, b)
+    # Nobody had 0xs1 or 0xs2 in memory: only the source knows them.
+    await wait_until(lambda: friend_set(redis_server, a, "0xs1") == {"0xs2"}, 10)
+    assert source.reads == 1
+    assert friend_set(redis_server, a, "0xs3") == {"0xa1"}
+    assert friend_set(redis_server, a, "0xb2") == {"0xb1"}
+    # Other instances hear of what the rebuild added, as of any change.
+    await rb.wait_for(lambda: FriendshipChanged("0xs1", "0xs2", True)
+                      in rb.of(FriendshipChanged)[heard:])
+    assert removals(ra) == [] and removals(rb) == []
+    assert "rebuilt friendships from the test source" in caplog.text
+
+
+async def test_start_warns_when_redis_keeps_nothing_on_disk(cluster, caplog):
+    a, _ = await cluster("a")
+    assert "Redis keeps nothing on disk" in caplog.text
+    assert "give presenced a friends source" in caplog.text
+
+
+async def test_start_tolerates_config_being_disabled(nursery, caplog):
+    caplog.set_level(logging.INFO, logger="presenced.store.redis")
+    with RedisServer(extra_args=["--rename-command", "CONFIG", ""]) as server:
+        store = RedisStore(server.url, store_config(), instance_id="managed")
+        await nursery.start(store.run, Recorder())
+        assert store.healthy
+        await store.aclose()
+    assert "cannot tell whether Redis keeps its data on disk" in caplog.text
+    assert "Redis keeps nothing on disk" not in caplog.text
