@@ -8,6 +8,8 @@ and restarted empty, and the subscriber connection dropped by Redis.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -321,3 +323,93 @@ async def test_a_client_kept_alive_by_pings_alone_stays_online_everywhere(redis_
                                    and watcher.last(ALICE).realm == "idle")
             await trio.sleep(3.0)  # three TTLs
             assert all(u.online for u in watcher.of(ALICE)), watcher.of(ALICE)
+
+
+# ------------------------------------------------- friendships and data loss
+
+
+def friend_set(redis_server, who: Identity) -> set[str]:
+    r = redis_server.client()
+    try:
+        return {m.decode() for m in r.smembers(f"{{presenced}}:f:{who.address}")}
+    finally:
+        r.close()
+
+
+async def test_an_empty_redis_restart_unfriends_nobody(redis_server):
+    """Issue 14: after Redis restarted without persistence, the next resync of
+    any kind removed every friendship: friends were told OFFLINE and got no
+    more updates."""
+    await add_friends(redis_server.url, (FRIEND, ALICE))
+    async with daemons(redis_server.url, 2, "--redis-resync-interval", "1") as (one, two):
+        watcher = Watcher()
+        async with online(two, FRIEND, watcher=watcher) as (friend, _), \
+                online(one, ALICE) as (_, beater):
+            await beater.move("before")
+            await watcher.wait_for(lambda: watcher.last(ALICE)
+                                   and watcher.last(ALICE).realm == "before")
+
+            redis_server.restart()
+            for d in (one, two):
+                await wait_log(d, "Redis available again")
+            # The periodic audit finds a "lost" message, then the pub/sub
+            # connections drop: a resync of each kind, on both instances.
+            r = redis_server.client()
+            try:
+                r.hincrby("{presenced}:seq", "ghost", 1)
+                for d in (one, two):
+                    await wait_log(d, "resynchronised with Redis (audit: missed change "
+                                      "messages from ghost)")
+                reconnected = [d.log().count("(change feed reconnected)") for d in (one, two)]
+                assert r.client_kill_filter(_type="pubsub") >= 2
+            finally:
+                r.close()
+            for d, before in zip((one, two), reconnected, strict=True):
+                await wait_log(d, "(change feed reconnected)", count=before + 1)
+
+            await beater.move("after", 1, 1)
+            await watcher.wait_for(lambda: watcher.last(ALICE).realm == "after")
+            assert all(u.online for u in watcher.of(ALICE))
+            assert [f.address for f in await friend.get_online_friends()] == [ALICE.address]
+            assert friend_set(redis_server, FRIEND) == {ALICE.address}
+            assert friend_set(redis_server, ALICE) == {FRIEND.address}
+
+
+async def test_serve_loads_the_friends_file_into_redis_and_rebuilds_from_it(
+        redis_server, tmp_path):
+    friends = tmp_path / "friends.csv"
+    friends.write_text(f"{FRIEND.address},{ALICE.address}\n{BOB.address},{CAROL.address}\n")
+    async with daemons(redis_server.url, 2, "--friends", str(friends)) as (one, two):
+        # Loaded once; the second instance found it there (idempotent).
+        await wait_log(one, "loaded 2 friendships from")
+        assert "(2 new to the store)" in one.log()
+        assert "(0 new to the store)" in two.log()
+        assert "rebuilt from the friends file" in one.log()  # the persistence warning
+        assert friend_set(redis_server, BOB) == {CAROL.address}
+        watcher = Watcher()
+        async with online(two, FRIEND, watcher=watcher), online(one, ALICE):
+            await watcher.wait_for(lambda: watcher.last(ALICE))
+
+            redis_server.restart()
+            for d in (one, two):
+                await wait_log(d, "rebuilt friendships from the friends file")
+            # Nobody connected knows Bob and Carol: the file does.
+            assert friend_set(redis_server, BOB) == {CAROL.address}
+            assert friend_set(redis_server, CAROL) == {BOB.address}
+            assert friend_set(redis_server, FRIEND) == {ALICE.address}
+            assert all(u.online for u in watcher.of(ALICE))
+
+
+def test_a_malformed_friends_file_with_redis_is_one_line_and_exit_2(redis_server, tmp_path):
+    friends = tmp_path / "friends.csv"
+    friends.write_text(f"{FRIEND.address},{ALICE.address}\n0xnot-an-address,0xabc\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "presenced", "serve", "--port", "0", "--admin-port", "0",
+         "--redis-url", redis_server.url, "--friends", str(friends)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert "line 2" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # Nothing was loaded.
+    assert friend_set(redis_server, FRIEND) == set()
