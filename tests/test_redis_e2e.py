@@ -24,6 +24,7 @@ from presenced.server.config import ServerConfig
 from presenced.store.redis_store import RedisStore
 from presenced.v1 import presence_pb2 as pb
 from tests.support.daemon import Daemon
+from tests.support.waits import wait_until
 
 TTL_S = 2.0
 SWEEP_S = 0.2
@@ -70,9 +71,7 @@ class Watcher:
         return mine[-1] if mine else None
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.01)
+        await wait_until(predicate, timeout)
 
 
 async def add_friends(url: str, *pairs: tuple[Identity, Identity]) -> None:
@@ -159,9 +158,7 @@ async def beating(nursery: trio.Nursery, client: PresenceClient, realm: str = "h
 
 
 async def wait_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while daemon.log().count(text) < count:
-            await trio.sleep(0.02)
+    await wait_until(lambda: daemon.log().count(text) >= count, timeout)
 
 
 # ---------------------------------------------------------------------------
