@@ -654,9 +654,11 @@ async def test_friendships_are_rebuilt_from_the_source_after_an_empty_restart(
     assert source.reads == 1
     assert friend_set(redis_server, a, "0xs3") == {"0xa1"}
     assert friend_set(redis_server, a, "0xb2") == {"0xb1"}
-    # Other instances hear of what the rebuild added, as of any change.
+    # Every engine hears of what the rebuild added, this instance's too
+    # (sessions run by then), as of any change.
     await rb.wait_for(lambda: FriendshipChanged("0xs1", "0xs2", True)
                       in rb.of(FriendshipChanged)[heard:])
+    assert FriendshipChanged("0xs1", "0xs2", True) in ra.of(FriendshipChanged)
     assert removals(ra) == [] and removals(rb) == []
     assert "rebuilt friendships from the test source" in caplog.text
 

@@ -162,12 +162,12 @@ class Store(Protocol):
         ...
 
     async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
-        """Add friendships in bulk, idempotently (a friends source); returns how
-        many were new.
+        """Add friendships in bulk, idempotently; returns how many were new.
 
-        Unlike `add_friendships`, whose caller applies what it returns, the new
-        pairs reach this instance's sink as `FriendshipChanged` events once
-        `run` has started (as they reach every other instance).
+        For loading a friends source before this instance takes connections:
+        other instances hear of the new pairs as of any change, this one's
+        engine is not told (it has no sessions yet, and a big load would cost
+        it seconds for nothing).
         """
         ...
 

@@ -14,18 +14,7 @@ from collections.abc import Iterable
 import trio
 
 from presenced.model import Presence, PresenceOp, PresenceWrite
-from presenced.store.base import (
-    EventSink,
-    Friendship,
-    FriendshipChanged,
-    FriendsSource,
-    StoreEvent,
-    StoreStats,
-    ordered_pair,
-)
-
-# Pairs of a bulk load announced to the sink at once.
-LOAD_EVENTS_BATCH = 20_000
+from presenced.store.base import EventSink, Friendship, FriendsSource, StoreStats, ordered_pair
 
 
 class MemoryStore:
@@ -35,7 +24,6 @@ class MemoryStore:
         self._friends: dict[str, set[str]] = {}
         # By time of the last write, oldest first, so expiry pops the front.
         self._presence: OrderedDict[str, Presence] = OrderedDict()
-        self._sink: EventSink | None = None
 
     @property
     def healthy(self) -> bool:
@@ -44,8 +32,7 @@ class MemoryStore:
     async def run(
         self, sink: EventSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        # No other instance exists: only bulk loads reach the sink.
-        self._sink = sink
+        # No other instance exists, so nothing ever reaches the sink.
         task_status.started()
         await trio.sleep_forever()
 
@@ -61,7 +48,6 @@ class MemoryStore:
     async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
         added = 0
         friends = self._friends
-        events: list[StoreEvent] = []
         for a, b in pairs:
             if a == b:
                 continue
@@ -70,13 +56,6 @@ class MemoryStore:
                 fa.add(b)
                 friends.setdefault(b, set()).add(a)
                 added += 1
-                if self._sink is not None:
-                    events.append(FriendshipChanged(a, b, True))
-                    if len(events) >= LOAD_EVENTS_BATCH:
-                        self._sink(events)
-                        events = []
-        if events and self._sink is not None:
-            self._sink(events)
         return added
 
     def set_friends_source(self, source: FriendsSource | None) -> None:

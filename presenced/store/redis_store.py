@@ -703,14 +703,15 @@ class RedisStore:
         return await self._change_friendships(pairs, added=False)
 
     async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
-        return await self._add_in_bulk(pairs, announce=True)
+        return await self._add_in_bulk(pairs, announce=False)
 
     def set_friends_source(self, source: FriendsSource | None) -> None:
         self._source = source
 
     async def _add_in_bulk(self, pairs: Iterable[Friendship], *, announce: bool) -> int:
         """Add friendships a pipeline at a time; `announce`: tell our own engine
-        about the new ones (it already has a reseed's, which come from memory)."""
+        about the new ones (a rebuild while sessions run; a reseed's come from
+        our memory, a start-up load's precede every session)."""
         added = 0
         chunk: list[Friendship] = []
         for pair in pairs:
@@ -782,7 +783,7 @@ class RedisStore:
                 try:
                     added = 0
                     async for batch in source.batches():
-                        added += await self.load_friendships(batch)
+                        added += await self._add_in_bulk(batch, announce=True)
                 except StoreUnavailable as e:
                     log.debug("rebuilding friendships from the %s: %s", source.name, e)
                     await trio.sleep(self._health.retry_delay or self.config.backoff_min_s)
