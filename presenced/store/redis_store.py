@@ -404,22 +404,34 @@ class RedisStore:
         return results[-1][0].decode(), orphaned, seq
 
     def _eval_many(self, script: Script, calls: list[list[Any]]) -> list[Any]:
-        """Run `script` once per argument list, in one pipeline."""
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for args in calls:
-                # One declared key, so that anything routing by key (a cluster
-                # proxy) sends the script to the slot all our keys share.
-                pipe.execute_command("EVALSHA", script.sha, 1, self.keys.seen, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                # A new or restarted Redis: load every script, then once more.
-                if attempt == 2:
-                    raise
-                for s in SCRIPTS.values():
-                    self._redis.script_load(s.source)
-        raise AssertionError("unreachable")
+        """Run `script` once per argument list, in one pipeline.
+
+        A new or restarted Redis has no scripts: the calls it refused (NOSCRIPT)
+        run again once every script is loaded, and only those. Others of the
+        same pipeline may have run, because another connection can load the
+        scripts between two of its commands; running them twice would publish
+        their changes twice and hide what they changed.
+        """
+        results = self._pipeline(script, calls)
+        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if refused:
+            for s in SCRIPTS.values():
+                self._redis.script_load(s.source)
+            again = self._pipeline(script, [calls[i] for i in refused])
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _pipeline(self, script: Script, calls: list[list[Any]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for args in calls:
+            # One declared key, so that anything routing by key (a cluster
+            # proxy) sends the script to the slot all our keys share.
+            pipe.execute_command("EVALSHA", script.sha, 1, self.keys.seen, *args)
+        return pipe.execute(raise_on_error=False)
 
     async def _flusher(self) -> None:
         health = self._health
