@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # Test modules whose tests start processes or servers, and fixtures that do.
 SLOW_MODULES = frozenset({
     "test_admin_api", "test_cli_admin", "test_daemon", "test_docgen", "test_interop",
+    "test_interop_v2",
     "test_redis_e2e", "test_redis_store", "test_simulate", "test_workers",
 })
 SLOW_FIXTURES = frozenset({"redis_server", "store_daemon", "token_daemon"})

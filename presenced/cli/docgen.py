@@ -51,9 +51,15 @@ EXIT_STATUS = (
     ("130", "Interrupted with Ctrl-C."),
 )
 SERVE_EXIT_STATUS = (
-    ("0", "Stopped by SIGTERM or SIGINT (Ctrl-C) after closing every connection."),
-    ("2", "The configuration cannot be served: a port in use, an unreadable or malformed "
-          "--friends file, or a non-loopback --admin-host without PRESENCED_ADMIN_TOKEN."),
+    ("0", "Stopped by SIGTERM or SIGINT (Ctrl-C) after closing every connection, or during "
+          "start-up; with --check, the configuration is valid."),
+    ("1", "Start-up did not complete within --startup-timeout (Redis never answered); one "
+          "line on standard error says what it was waiting for."),
+    ("2", "A usage error (one line on standard error: an unknown option, a value out of "
+          "range such as a port past 65535, an unknown --log-level) or a configuration that "
+          "cannot be served: a port in use, an unreadable or malformed --friends file, a "
+          "--redis-url that is not redis://, rediss:// or unix://, or a non-loopback "
+          "--admin-host without PRESENCED_ADMIN_TOKEN."),
 )
 
 

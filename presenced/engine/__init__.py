@@ -10,7 +10,7 @@ from presenced.engine.engine import (
     PresenceEngine,
     TooManyRequests,
 )
-from presenced.engine.mailbox import Mailbox
+from presenced.engine.mailbox import FriendshipFeed, Mailbox, TransitionMailbox
 
 __all__ = [
     "Abusive",
@@ -18,8 +18,10 @@ __all__ = [
     "BadRequest",
     "EngineConfig",
     "EngineStats",
+    "FriendshipFeed",
     "HeartbeatOutcome",
     "Mailbox",
     "PresenceEngine",
     "TooManyRequests",
+    "TransitionMailbox",
 ]

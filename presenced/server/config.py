@@ -40,6 +40,8 @@ class ServerConfig:
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None
+    # Catalyst lambdas base URL for names and pictures (SocialService v2); None: addresses only.
+    profiles_url: str | None = None
     # Admin/metrics HTTP endpoint. A token is required off loopback.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8086
@@ -57,6 +59,17 @@ class ServerConfig:
     # Processes sharing the listening port (SO_REUSEPORT); >1 needs Redis.
     workers: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    # Seconds start-up may take (mostly: waiting for Redis) before the
+    # daemon gives up with exit status 1; 0 waits for ever.
+    startup_timeout_s: float = 60.0
+    # Which worker of `serve --workers N` this process is (None: the only one).
+    worker_index: int | None = None
+
+    @property
+    def store_kind(self) -> str:
+        """The store by name, as logs, /readyz and /v1/status show it."""
+        return "redis" if self.redis_url else "memory"
 
     def redis_store_config(self) -> RedisStoreConfig:
         """The Redis store's settings, taken from the server's and the engine's."""

@@ -17,11 +17,14 @@ import trio
 
 from presenced.closes import Close
 from presenced.engine import PresenceEngine
+from presenced.logs import RateLimit
 from presenced.model import Presence, PresenceWrite
+from presenced.profiles import ProfileSource
 from presenced.rpc.modules import module_registry
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
 from presenced.server.metrics import Metrics
+from presenced.server.readiness import Phase
 from presenced.services import SERVED_MODULES
 from presenced.services.base import Module, Procedure, Services
 from presenced.store.base import (
@@ -73,6 +76,8 @@ class Hub:
             (m.name, p.name): p for m in modules for p in m.procedures
         }
         self.services = Services()
+        if config.profiles_url:
+            self.services.profiles = ProfileSource(config.profiles_url)
         # Logged-in connections by session id, and every connection, logged in or not.
         self.connections: dict[int, LiveConnection] = {}
         self.live: set[Killable] = set()
@@ -82,10 +87,20 @@ class Hub:
         # Idle connections are pinged often enough that a live one can never
         # reach the TTL, whatever --ping-interval says.
         self.ping_interval_s = min(config.ping_interval_s, config.engine.ttl_ms / 4000)
+        # Started (the store loaded), and shutting down: what /readyz reports.
         self.ready = False
+        self.stopping = False
         self.listen_port = 0
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
+        # Lines about repeating causes (resyncs, sweeps): one per minute each.
+        self._log_limit = RateLimit(60.0)
+
+    def phase(self) -> Phase:
+        """Where this instance is in its life, for /readyz and the metrics."""
+        return Phase(started=self.ready, stopping=self.stopping,
+                     store_healthy=bool(getattr(self.store, "healthy", True)),
+                     store=self.config.store_kind)
 
     def now_ms(self) -> int:
         assert self._clock is not None, "Hub.run() has not started"
@@ -98,6 +113,8 @@ class Hub:
             nursery.start_soon(self._supervised, "ticker", self._ticker)
             nursery.start_soon(self._supervised, "sweeper", self._sweeper)
             nursery.start_soon(self._supervised, "keepalive", self._keepalive)
+            if self.services.profiles is not None:
+                nursery.start_soon(self._supervised, "profiles", self.services.profiles.run)
             self.ready = True
             task_status.started()
 
@@ -163,6 +180,10 @@ class Hub:
                 log.debug("expiry sweep failed", exc_info=True)
                 continue
             now = self.now_ms()
+            if expired and (note := self._log_limit.allow("sweep")) is not None:
+                log.info("claimed %d expired users from vanished instances%s", len(expired),
+                         note, extra={"fields": {"event": "expiry-claim",
+                                                 "users": len(expired)}})
             for start in range(0, len(expired), EXPIRY_STEP):
                 if start:
                     await trio.lowlevel.checkpoint()
@@ -196,8 +217,11 @@ class Hub:
         # without anyone reconnecting.
         for presence in self.engine.owned_presences():
             self.store.write(PresenceWrite(presence, True))
-        log.info("resynchronised with the store (%s): %d users online elsewhere",
-                 event.reason, len(self.engine.remote_users()))
+        note = self._log_limit.allow(("resync", event.reason))
+        if note is not None:
+            log.info("resynchronised with the store (%s): %d users online elsewhere%s",
+                     event.reason, len(self.engine.remote_users()), note,
+                     extra={"fields": {"event": "resync", "reason": event.reason}})
 
     # --------------------------------------------------------- admin actions
 

@@ -45,6 +45,7 @@ from presenced.services.base import (
     StreamSource,
     Unary,
 )
+from presenced.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from presenced.server.hub import Hub
@@ -138,7 +139,11 @@ class ClientSession:
         return self.hub.now_ms()
 
     async def friends_of(self, address: str) -> frozenset[str]:
-        return await self.hub.store.friends_of(address)
+        try:
+            return await self.hub.store.friends_of(address)
+        except StoreUnavailable:
+            # The client may retry; it is not a bug worth a traceback.
+            raise ProcedureError("the store is unavailable, try again later") from None
 
     def record_delivery(self, presences: Sequence[Presence]) -> None:
         metrics = self.hub.metrics

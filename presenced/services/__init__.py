@@ -3,11 +3,12 @@
 A new module is one new file here plus one line in `SERVED_MODULES`.
 """
 
-from presenced.services import presence
+from presenced.services import presence, social_v2
 from presenced.services.base import Module
 
 SERVED_MODULES: tuple[Module, ...] = (
     presence.MODULE,
+    social_v2.MODULE,
 )
 
 __all__ = ["SERVED_MODULES"]

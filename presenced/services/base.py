@@ -28,6 +28,7 @@ from typing import Protocol
 from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.model import Presence
+from presenced.profiles import ProfileSource
 from presenced.rpc.modules import ModuleSpec, ProcedureSpec
 
 __all__ = [
@@ -51,6 +52,9 @@ class Services:
     Modules that need something beyond the engine and the store (a profile source, say) add an
     optional field here; the server sets it when it is configured.
     """
+
+    # Names and pictures of users (SocialService v2), when --profiles-url is given.
+    profiles: ProfileSource | None = None
 
 
 class Session(Protocol):
@@ -79,7 +83,7 @@ class Session(Protocol):
         ...
 
     async def friends_of(self, address: str) -> frozenset[str]:
-        """Any user's friends, from the store (raises `StoreUnavailable`)."""
+        """Any user's friends, from the store (`ProcedureError` while it is unavailable)."""
         ...
 
     def record_delivery(self, presences: Sequence[Presence]) -> None:
