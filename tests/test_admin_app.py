@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from presenced.server.admin import admin_config_problem, create_app, is_loopback
 from presenced.server.config import ServerConfig
 from presenced.server.hub import Hub
-from presenced.server.metrics import Histogram
 from presenced.store.base import StoreUnavailable
 from presenced.store.memory import MemoryStore
 from tests.support.admin import new_address
@@ -23,8 +22,8 @@ class FlakyStore(MemoryStore):
         super().__init__()
         self.up = True
         self.boom = False
-        self.redis_errors = {"timeout": 3, "connection": 1}
-        self.flush_latency = Histogram()
+        self.stats.shared = True
+        self.stats.errors.update({"timeout": 3, "connection": 1})
 
     @property
     def healthy(self) -> bool:
@@ -98,8 +97,8 @@ async def test_unexpected_error_is_500_json_without_traceback(app, caplog):
 
 async def test_store_metrics_are_exported_when_the_store_has_them(app):
     client, hub, store = app
-    store.flush_latency.observe(0.003)
-    store.flush_latency.observe(0.2)
+    store.stats.flush_latency.observe(0.003)
+    store.stats.flush_latency.observe(0.2)
     store.up = False
     text = (await client.get("/metrics")).text
     families = {f.name: f for f in text_string_to_metric_families(text)}

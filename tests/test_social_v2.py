@@ -25,7 +25,7 @@ from presenced.server.app import serve
 from presenced.server.config import ServerConfig
 from presenced.services import social_v2
 from presenced.store.memory import MemoryStore
-from presenced.store.redis import RedisStore
+from presenced.store.redis_store import RedisStore
 from presenced.v1 import presence_pb2 as v1
 from tests.support.profile_server import ProfileServer
 from tests.support.waits import wait_until
@@ -85,7 +85,7 @@ async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), raw_pairs
     store = None
     if config.redis_url is None:
         store = MemoryStore()
-        store.load_friendships([(a.address, b.address) for a, b in friendships]
+        await store.load_friendships([(a.address, b.address) for a, b in friendships]
                                + list(raw_pairs))
     shutdown = trio.Event()
     hub = await nursery.start(

@@ -104,9 +104,10 @@ def serve(
                                            "port).")] = _SERVER.port,
     friends: Annotated[Path | None, typer.Option(
         envvar=_env("FRIENDS"), exists=True, dir_okay=False,
-        help="Friendships to load at start (embedded store): CSV lines 'address_a,address_b' "
-             "(a header line, a UTF-8 byte-order mark and CRLF line ends are accepted), '#' "
-             "comments, or JSON lines.")] = None,
+        help="Friendships to load at start, into the embedded store or (idempotently) into "
+             "Redis, which also rebuilds them from this file if it loses its data: CSV lines "
+             "'address_a,address_b' (a header line, a UTF-8 byte-order mark and CRLF line ends "
+             "are accepted), '#' comments, or JSON lines.")] = None,
     profiles_url: Annotated[str | None, typer.Option(
         envvar=_env("PROFILES_URL"),
         help="Catalyst lambdas base URL (https://peer.decentraland.org/lambdas) for friends' "
@@ -359,10 +360,11 @@ def _check(ctx: typer.Context, config: ServerConfig) -> int:
     import trio
 
     from presenced.logs import redact_url
-    from presenced.server.app import ConfigError, build_store, check_config
+    from presenced.server.app import ConfigError, build_store, check_config, read_friends_file
 
     async def check_store() -> None:
         check_config(config)
+        read_friends_file(config)
         store = build_store(config)
         await store.aclose()
 

@@ -27,3 +27,7 @@ class RedisStoreConfig:
     flush_interval_s: float = 0.05
     # Full comparison with Redis this often, to repair anything missed.
     resync_interval_s: float = 30.0
+    # Reconnect backoff (seconds) for calls and for the change feed: from the
+    # minimum, doubling up to the maximum.
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 2.0
