@@ -169,6 +169,20 @@ async def test_changes_reach_other_instances_and_never_the_writer(cluster):
     assert [type(e) for e in ra.events] == [Resync, RemotePresence]
 
 
+async def test_a_change_is_written_without_waiting_for_the_flush_interval(cluster):
+    # An interval no test could wait for: only the change itself can start the flush.
+    a, ra = await cluster("a", redis_flush_interval_s=3600.0, redis_flush_min_gap_s=0.0)
+    b, rb = await cluster("b", redis_flush_interval_s=3600.0, redis_flush_min_gap_s=0.0)
+    refresh = online("0xr")
+    a.write(PresenceWrite(online("0xu"), True))
+    await rb.wait_for(lambda: rb.of(RemotePresence))
+    a.write(PresenceWrite(refresh, False))
+    a.write(PresenceLeave("0xu", now_ms()))  # a change: the refresh goes out with it
+    await rb.wait_for(lambda: rb.of(Expired))
+    assert [e.presence.address for e in rb.of(RemotePresence)] == ["0xu", "0xr"]
+    assert a.stats.flushes == 2
+
+
 async def test_refresh_is_silent_but_a_new_owner_is_announced(cluster):
     a, ra = await cluster("a")
     b, rb = await cluster("b")

@@ -126,8 +126,14 @@ def serve(
     ] = _SERVER.redis_socket_timeout_s,
     redis_flush_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_FLUSH_INTERVAL"), min=0.001,
-        help="Seconds between batched presence writes to Redis.")
+        help="Seconds a presence write that changes nothing for others (a refresh) may wait "
+             "before it is written to Redis, batched with others.")
     ] = _SERVER.redis_flush_interval_s,
+    redis_flush_min_gap: Annotated[float, typer.Option(
+        envvar=_env("REDIS_FLUSH_MIN_GAP"), min=0,
+        help="Seconds between flushes at least, when a change (online, moved, offline) is "
+             "written at once so that other instances hear of it without waiting for "
+             "--redis-flush-interval.")] = _SERVER.redis_flush_min_gap_s,
     redis_resync_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_RESYNC_INTERVAL"), min=1,
         help="Seconds between full comparisons of local state with Redis.")
@@ -338,6 +344,7 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         redis_pool_size=options["redis_pool_size"],
         redis_socket_timeout_s=options["redis_timeout"],
         redis_flush_interval_s=options["redis_flush_interval"],
+        redis_flush_min_gap_s=options["redis_flush_min_gap"],
         redis_resync_interval_s=options["redis_resync_interval"],
         startup_timeout_s=options["startup_timeout"],
         workers=options["workers"],

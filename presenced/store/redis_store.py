@@ -99,6 +99,10 @@ class RedisStore:
         self._grace_ms = config.offline_grace_ms
         self._timeout = config.socket_timeout_s
         self._flush_interval = config.flush_interval_s
+        self._flush_min_gap = config.flush_min_gap_s
+        # Set by `write` when a change others must hear of waits: the flusher then writes
+        # without waiting for its interval (see RedisStoreConfig.flush_min_gap_s).
+        self._change_waiting = trio.Event()
         self._audit_interval = config.resync_interval_s
         # An instance that has not written for this long (by Redis's clock)
         # no longer counts as an owner; it beacons four times as often.
@@ -321,12 +325,17 @@ class RedisStore:
                 # other instances must still hear about an earlier change.
                 if prev is not None and (isinstance(prev, PresenceLeave) or prev.changed):
                     op = PresenceWrite(op.presence, True)
+                batch[address] = op
+                return
             batch[address] = op
         else:
             address = op.address
             self._own.pop(address, None)
             self._friends.drop(address)
             batch[address] = op
+        change_waiting = self._change_waiting
+        if not change_waiting.is_set():
+            change_waiting.set()
 
     def _requeue(self, ops: dict[str, PresenceOp]) -> None:
         """Put back a batch that failed, under anything written since."""
@@ -436,12 +445,26 @@ class RedisStore:
     async def _flusher(self) -> None:
         health = self._health
         next_beacon = 0.0
+        last_flush = -float("inf")
         while not self._closed:
-            await trio.sleep(self._flush_interval if health.calls_ok else health.retry_delay)
+            if health.calls_ok:
+                # A change is written at once, or `flush_min_gap` after the previous flush
+                # (changes arriving meanwhile join it); refreshes wait for the interval.
+                # The beacon is due however long the interval: an instance silent for
+                # `dead_after_ms` no longer counts as alive.
+                wait = min(self._flush_interval, next_beacon - trio.current_time())
+                with trio.move_on_after(max(0.0, wait)):
+                    await self._change_waiting.wait()
+                gap = last_flush + self._flush_min_gap - trio.current_time()
+                if gap > 0:
+                    await trio.sleep(gap)
+            else:
+                await trio.sleep(health.retry_delay)
             if self._closed:
                 # aclose() writes what is left.
                 return
-            now = trio.current_time()
+            self._change_waiting = trio.Event()
+            now = last_flush = trio.current_time()
             beacon = now >= next_beacon or not health.calls_ok
             if not self._batch and not beacon:
                 continue
