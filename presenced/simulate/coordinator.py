@@ -26,6 +26,7 @@ from presenced.simulate.report import (
     Totals,
     build_summary,
     check_convergence,
+    storm_summary,
 )
 from presenced.simulate.ui import LiveView, Progress
 from presenced.simulate.worker import CLOSE_TIMEOUT_S, WorkerSpec, worker_main
@@ -77,7 +78,8 @@ class Coordinator:
         self.matcher = Matcher(self.log)
         # Parent-side matches land in the same histograms as the workers' deltas.
         self.matcher.histograms = self.totals.histograms[:3]
-        self.pending: list[tuple[int, float, float]] = []
+        self.matcher.cross = self.totals.histograms[4]
+        self.pending: list[tuple[int, float, float, int]] = []
         self.owner = array("h", [-1]) * config.users
         self.phase = "starting"
         self.started = time.monotonic()
@@ -99,6 +101,12 @@ class Coordinator:
         shares = self.population.shares(self.processes)
         subscribers = self.population.subscribers
         order = {index: k for k, index in enumerate(self.population.online)}
+        target_of = b""
+        if len(config.targets) > 1:
+            targets = bytearray(b"\xff") * config.users
+            for index, k in order.items():
+                targets[index] = k % len(config.targets)
+            target_of = bytes(targets)
         context = multiprocessing.get_context("spawn")
         self.phase = "deriving identities"
         for wid, (online, offline) in enumerate(shares):
@@ -108,6 +116,7 @@ class Coordinator:
                 wid, config,
                 tuple((index, order[index], index in subscribers) for index in online),
                 tuple(offline),
+                target_of,
             )
             from_worker, worker_end = context.Pipe(duplex=False)
             worker_in, to_worker = context.Pipe(duplex=False)
@@ -183,9 +192,10 @@ class Coordinator:
         t_end = time.monotonic()
         self._merge_worker_matches()
 
+        finals = [h.final for h in self.handles if h.final is not None]
         convergence: Convergence = check_convergence(
-            graph.adjacency(), [h.final for h in self.handles if h.final is not None],
-            addresses, config.realms)
+            graph.adjacency(), finals, addresses, config.realms,
+            presence_only=config.subscribe_protocol == "v2")
         workers = []
         rates: Counter[str] = Counter()
         connected_at_stop = 0
@@ -223,6 +233,8 @@ class Coordinator:
             convergence=convergence,
             workers=workers,
             seeded=seeded,
+            storm=storm_summary(finals, config.offline_grace_s)
+            if config.storm_at_s is not None else None,
         )
 
     def _shutdown(self) -> None:
@@ -300,7 +312,7 @@ class Coordinator:
         if pending:
             self.pending = [r for r in pending if not resolve(*r)]
 
-    def _resolve(self, key: int, arrival: float, since: float) -> bool:
+    def _resolve(self, key: int, arrival: float, since: float, cross: int = 0) -> bool:
         """Match a receipt once its sender's sends up to its arrival are in; False to wait.
 
         Matching earlier could pick an older send of the same key: a login's
@@ -314,7 +326,7 @@ class Coordinator:
             return True
         if self.handles[wid].flushed_until < arrival:
             return False
-        if not self.matcher.match(key, arrival, since):
+        if not self.matcher.match(key, arrival, since, cross):
             self.matcher.unmatched += 1
         return True
 

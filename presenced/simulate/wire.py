@@ -79,6 +79,12 @@ _mask_keys = random.Random(os.getpid())
 
 # (updates, arrival time from time.monotonic()) -> None
 BatchCallback = Callable[[Any, float], None]
+# A stream item's payload -> the updates handed to the BatchCallback.
+ItemDecoder = Callable[[bytes], Any]
+
+
+def _presence_updates(payload: bytes) -> Any:
+    return _decode_updates(payload).updates
 
 
 class StreamEndedError(Exception):
@@ -182,6 +188,7 @@ class WireClient:
         self._stream_ended = False
         self._last_seq = 0
         self._on_batch: BatchCallback | None = None
+        self._decode_items: ItemDecoder = _presence_updates
         self._item_head: bytes | None = None
         self._ack_head = b""
 
@@ -315,17 +322,31 @@ class WireClient:
         assert isinstance(result, ResponseReceived)
         return _decode_response(result.payload)
 
-    def subscribe(self, on_batch: BatchCallback) -> None:
+    async def load_module(self, name: str) -> dict[str, int]:
+        """Load another module on this connection's port: its procedure ids by name."""
+        loaded = await self._request(self._rpc.request_module(self.port_id, name))
+        assert isinstance(loaded, ModuleLoaded)
+        return dict(loaded.procedures)
+
+    def subscribe(self, on_batch: BatchCallback, procedure: int | None = None,
+                  decode: ItemDecoder | None = None) -> None:
         """Subscribe to friends' updates: `on_batch(updates, arrival)` runs for each
         stream item, in the reader, and the item is acknowledged when it returns.
+
+        By default the stream is PresenceService's subscription; another
+        server stream is `procedure` (an id from `load_module`) with `decode`
+        turning each item's payload into what `on_batch` gets.
 
         The stream ending, a remote error on it, or the server closing the
         connection then fails the whole connection (the `async with` raises),
         as a listener task awaiting the next item would.
         """
         self._on_batch = on_batch
-        number = self._stream_number = self._rpc.call(self.port_id,
-                                                      self.procedures[_SUBSCRIBE])
+        if decode is not None:
+            self._decode_items = decode
+        if procedure is None:
+            procedure = self.procedures[_SUBSCRIBE]
+        number = self._stream_number = self._rpc.call(self.port_id, procedure)
         port = _pack_u32(self.port_id)
         # Fields 1 to 4's tag of this stream's items, and of our ACKs.
         self._item_head = (b"\x0d" + _pack_u32(pack_id(MessageType.STREAM_MESSAGE, number))
@@ -545,7 +566,7 @@ class WireClient:
             if n < 0x80 and len(data) == 17 + n and self._on_batch is not None:
                 seq = _unpack_u32(data, 11)[0]
                 self._last_seq = seq
-                self._on_batch(_decode_updates(data[17:]).updates, time.monotonic())
+                self._on_batch(self._decode_items(data[17:]), time.monotonic())
                 self._send_frame(_OP_BINARY, self._ack_head + _pack_u32(seq) + _ACK_TAIL)
                 return
         for event in self._rpc.receive_frame(data):
@@ -553,7 +574,7 @@ class WireClient:
             if kind is StreamItem:
                 if event.number == stream and self._on_batch is not None:
                     self._last_seq = event.seq
-                    self._on_batch(_decode_updates(event.payload).updates, time.monotonic())
+                    self._on_batch(self._decode_items(event.payload), time.monotonic())
                     self._rpc.ack(stream, event.seq)
                     self._flush()
             elif kind is StreamOffered:
@@ -576,6 +597,16 @@ class WireClient:
                     trio.lowlevel.reschedule(task, Value(event))
 
     # ------------------------------------------------------------ the end
+
+    def drop(self) -> None:
+        """Lose the connection as a network failure would: no close frame, no stream
+        cancel; the socket just closes and the server sees the TCP connection end."""
+        self._end(_ABNORMAL, "dropped by the client", by_server=False)
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     def _stop_reading(self) -> None:
         if self._poller is not None:
@@ -661,4 +692,4 @@ async def _open_socket(host: str, port: int, local_address: str | None) -> socke
     return sock
 
 
-__all__ = ["BatchCallback", "StreamEndedError", "WireClient"]
+__all__ = ["BatchCallback", "ItemDecoder", "StreamEndedError", "WireClient"]
