@@ -5,7 +5,10 @@ heartbeat, no subscription, only the pongs to the server's pings (a ping
 after 30 s of silence, the production default, on both servers). The
 warm-up and the window each cover a whole ping cycle. Server CPU over the
 window, as a share of one core, is scaled to 20,000 connections (one process
-holds at most 19,000 here: 20,000 open files, a few the server's own).
+holds at most 19,000 here: 20,000 open files, a few the server's own): the
+fixed cost of the server with nobody connected (its timers, the Redis
+store's flusher and auditor), measured before the logins, plus the measured
+cost per connection times 20,000.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from bench.suite.scales import Scale
 from bench.suite.simload import Load
 
 TARGET_CONNECTIONS = 20_000
+# The idle server's own CPU: long enough for several of its timers' rounds.
+BASELINE_S = 10.0
 CONFIGS = ("presenced-embedded", "presenced-redis", "tspeer")
 
 
@@ -32,16 +37,24 @@ def run(scale: Scale, log: Callable[[str], None]) -> dict:
         c = cpu.CONFIGS[config]
         result = loadrun.run(RunSpec(f"idle-{config}", load_for(scale), c.store, c.workers,
                                      scale.idle_window_s, scale.idle_warmup_s,
-                                     server=c.server), log)
+                                     server=c.server, baseline_s=BASELINE_S, slack_s=30.0),
+                              log)
         w = result.window
         connections = w.sessions
+        if connections < 0.95 * result.spec.load.online:
+            raise RuntimeError(f"only {connections:,.0f} of {result.spec.load.online:,} users "
+                               f"were connected at the end of the window (login errors: "
+                               f"{result.summary.get('error_breakdown')})")
         percent = w.server_cpu_percent
+        fixed = result.baseline_cpu_percent or 0.0
+        per_connection = max(0.0, percent - fixed) / connections if connections else None
         return {
             "label": c.label,
             "connections": connections,
             "cpu_percent": round(percent, 2),
-            "cpu_percent_per_20k": round(percent * TARGET_CONNECTIONS / connections, 2)
-            if connections else None,
+            "cpu_percent_nobody_connected": round(fixed, 2),
+            "cpu_percent_per_20k": round(fixed + per_connection * TARGET_CONNECTIONS, 2)
+            if per_connection is not None else None,
             "redis_cpu_percent": round(100 * w.redis_cpu_s / w.seconds, 2),
             "rss_per_connection_kib": round((w.rss_end - result.rss_idle) / connections / 1024,
                                             2) if connections else None,

@@ -42,6 +42,14 @@ class RunSpec:
     after: Callable[[Server, float], dict] | None = None
     after_s: float = 0.0
     server: str = "presenced"  # or "tspeer"
+    # Seconds of the idle server (graph loaded, nobody connected) measured
+    # before the generator starts: its fixed CPU cost.
+    baseline_s: float = 0.0
+    # Extra seconds of load after the window: the generator's load phase
+    # starts once every user *tried* to log in, the window once every user
+    # *is* logged in; logins that failed and were retried shift the window
+    # this much later.
+    slack_s: float = 5.0
     # Separate server processes sharing the Redis store, users spread over
     # them round-robin (the simulator then times the deliveries between them).
     instances: int = 1
@@ -57,6 +65,8 @@ class RunResult:
     during: dict
     # File descriptors of each serving process at the end of the window.
     open_files: list[int]
+    # Server CPU with nobody connected, % of a core (when spec.baseline_s).
+    baseline_cpu_percent: float | None = None
 
     @property
     def sessions(self) -> float:
@@ -86,12 +96,18 @@ def run(spec: RunSpec, log: Callable[[str], None]) -> RunResult:
         server = servers[0] if len(servers) == 1 else Group(servers)
         seed_graph(server, spec.load)
         time.sleep(1.0)
-        rss_idle = server.snapshot(with_metrics=False).rss
+        before = server.snapshot(with_metrics=False)
+        rss_idle = before.rss
+        baseline = None
+        if spec.baseline_s:
+            time.sleep(spec.baseline_s)
+            after = server.snapshot(with_metrics=False)
+            baseline = 100 * (after.cpu_s - before.cpu_s) / (after.t - before.t)
         load = spec.load
         # Long enough to cover the ramp the window waits for, the warm-up
         # and the window; the generator stops soon after.
         ramp_budget = load.online / load.ramp * 1.5 + 30
-        load.duration = spec.warmup_s + spec.window_s + spec.after_s + 5
+        load.duration = spec.warmup_s + spec.window_s + spec.after_s + spec.slack_s
         log(f"{spec.name}: {load.describe()}; {describe_server(spec)}")
         with Simulation(server, load, seed_graph=False, targets=[s.url for s in servers]) as sim:
             ramp_s = sim.wait_ramped(ramp_budget + 120)
@@ -103,7 +119,7 @@ def run(spec: RunSpec, log: Callable[[str], None]) -> RunResult:
         problems = server.log_tail(5) if summary.get("errors") else ""
         if problems:
             summary["server_log_tail"] = problems
-        return RunResult(spec, window, summary, rss_idle, ramp_s, during, files)
+        return RunResult(spec, window, summary, rss_idle, ramp_s, during, files, baseline)
     finally:
         for started in reversed(servers):
             started.__exit__(None, None, None)

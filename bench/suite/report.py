@@ -43,6 +43,10 @@ def _at_least(value: float | None, limit: float) -> str:
     return "met" if value >= limit else f"missed ({limit / value:.2f}× short)"
 
 
+def _x(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}×"
+
+
 def _ratio(ours: float | None, peer: float | None) -> float | None:
     if ours is None or not peer:
         return None
@@ -77,7 +81,7 @@ def target_rows(r: dict) -> list[Row]:
                 extra = f" (+ Redis {_f(ours.get(redis_field), 1)})"
             out.append((f"CPU per heartbeat at {ours[rate_field]:,.0f}/s, {store} store",
                         f"{load}; peer in memory",
-                        f"{_f(a, 1)} µs{extra}", f"{_f(b, 1)} µs", f"{_f(ratio, 2)}×",
+                        f"{_f(a, 1)} µs{extra}", f"{_f(b, 1)} µs", _x(ratio),
                         "≤ peer", _at_most(ratio, HEARTBEAT_RATIO)))
     ours = _ok(hb.get("presenced-redis"))
     if ours is not None:
@@ -85,7 +89,7 @@ def target_rows(r: dict) -> list[Row]:
         b = peer_hb.get("cpu_per_heartbeat_marginal_us")
         out.append(("Marginal CPU per heartbeat, Redis store (write included)",
                     "extra CPU per extra heartbeat between the two rates",
-                    f"{_f(a, 1)} µs", f"{_f(b, 1)} µs", f"{_f(_ratio(a, b), 2)}×",
+                    f"{_f(a, 1)} µs", f"{_f(b, 1)} µs", _x(_ratio(a, b)),
                     f"≤ {MARGINAL_US:.0f} µs", _at_most(a, MARGINAL_US)))
 
     up = r.get("update") or {}
@@ -100,7 +104,7 @@ def target_rows(r: dict) -> list[Row]:
         out.append((f"CPU per delivered update, {store} store",
                     f"{run['load']}; {ours['delivered_per_s']:,.0f} updates/s, "
                     f"{_f(run.get('updates_per_item'), 2)} per stream item",
-                    f"{_f(a, 1)} µs", f"{_f(b, 1)} µs", f"{_f(ratio, 2)}×",
+                    f"{_f(a, 1)} µs", f"{_f(b, 1)} µs", _x(ratio),
                     f"≤ peer, ≤ {UPDATE_US:.0f} µs",
                     _both(_at_most(ratio, 1.0), _at_most(a, UPDATE_US))))
 
@@ -113,8 +117,12 @@ def target_rows(r: dict) -> list[Row]:
         a, b = ours.get("cpu_percent_per_20k"), peer_idle.get("cpu_percent_per_20k")
         out.append((f"20,000 idle connections, {store} store (% of a core)",
                     f"{ours['connections']:,.0f} logged-in connections measured, keepalive "
-                    "only (ping after 30 s of silence), scaled to 20,000",
-                    f"{_f(a, 2)} %", f"{_f(b, 2)} %", f"{_f(_ratio(a, b), 2)}×",
+                    "only (ping after 30 s of silence); the server's CPU with nobody "
+                    "connected plus the cost per connection × 20,000",
+                    f"{_f(a, 2)} % ({_f(ours.get('cpu_percent_nobody_connected'), 2)} % "
+                    "with nobody)",
+                    f"{_f(b, 2)} % ({_f(peer_idle.get('cpu_percent_nobody_connected'), 2)} % "
+                    "with nobody)", _x(_ratio(a, b)),
                     f"≤ {IDLE_PERCENT:g} %", _at_most(a, IDLE_PERCENT)))
 
     mem = r.get("memory") or {}
@@ -125,7 +133,7 @@ def target_rows(r: dict) -> list[Row]:
                     f"{ours['load']}; presenced Redis store, peer in memory",
                     f"{_f(a, 1)} KiB ({_f(ours['connected'])} users)",
                     f"{_f(b, 1)} KiB ({_f(peer.get('connected'))} users)",
-                    f"{_f(_ratio(a, b), 2)}×", f"≤ {KIB_PER_USER:g} KiB",
+                    _x(_ratio(a, b)), f"≤ {KIB_PER_USER:g} KiB",
                     _at_most(a, KIB_PER_USER)))
 
     lg = r.get("logins") or {}
@@ -139,7 +147,7 @@ def target_rows(r: dict) -> list[Row]:
                     "48 in flight: TCP, upgrade, AuthChain, SERVER_READY, port, module, close",
                     f"{_f(a)}/s ({_f(ours.get('cpu_per_login_ms'), 2)} ms)",
                     f"{_f(b)}/s ({_f(peer_lg.get('cpu_per_login_ms'), 2)} ms)",
-                    f"{_f(_ratio(a, b), 2)}×", f"≥ {LOGINS_PER_CORE:,.0f}/s",
+                    _x(_ratio(a, b)), f"≥ {LOGINS_PER_CORE:,.0f}/s",
                     _at_least(a, LOGINS_PER_CORE)))
 
     st = r.get("storm") or {}
@@ -160,7 +168,7 @@ def target_rows(r: dict) -> list[Row]:
                     f"{s['dropped']:,} users dropped at once, back within 1 s; "
                     f"{s['offline_grace_s']:g} s grace",
                     _storm_text(s), _storm_text(peer_st) if peer_st else "–",
-                    f"{_f(_ratio(a, b), 2)}×",
+                    _x(_ratio(a, b)),
                     f"all back ≤ {STORM_BACK_S:g} s, no OFFLINE", status))
 
     sc = _ok(r.get("scale"))

@@ -38,8 +38,12 @@ def load_for(scale: Scale) -> Load:
 def run(scale: Scale, log: Callable[[str], None]) -> dict:
     def one(config: str) -> dict:
         c = cpu.CONFIGS[config]
+        # After the window the load goes on long enough for a server that
+        # takes logins slowly to get everyone back (or to show it cannot).
+        tail = max(30.0, scale.storm_online / 150)
         result = loadrun.run(RunSpec(f"storm-{config}", load_for(scale), c.store, c.workers,
-                                     scale.storm_window_s, WARMUP_S, server=c.server), log)
+                                     scale.storm_window_s, WARMUP_S, after_s=tail,
+                                     server=c.server), log)
         s = result.summary
         w = result.window
         return {
