@@ -359,3 +359,41 @@ def test_simulate_idle_users_send_no_heartbeat():
         summary = json.loads(result.stdout)
         assert summary["ok"] and summary["heartbeats"] == 0
         assert summary["connections_at_stop"] == 120
+
+
+def test_sigusr1_ends_the_load_phase_early():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with Daemon(*FAST_DAEMON) as daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCED_")}
+        env["PRESENCED_ADMIN_URL"] = daemon.admin_url
+        args = [*RUN, "--target", daemon.url, "--churn", "0"]
+        args[args.index("--duration") + 1] = "600"
+        proc = subprocess.Popen([sys.executable, "-m", "presenced", *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Every online user logged in: the load phase has begun (or is about to;
+            # the signal is remembered either way).
+            deadline = time.monotonic() + 60
+            logins = 'presenced_logins_total{reason="",result="ok"}'
+            while time.monotonic() < deadline:
+                text = httpx.get(f"{daemon.admin_url}/metrics").text
+                done = [line for line in text.splitlines() if line.startswith(logins)]
+                if done and float(done[0].split()[-1]) >= 120:
+                    break
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGUSR1)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["ok"] and summary["duration_s"] < 60

@@ -37,8 +37,7 @@ def run(scale: Scale, log: Callable[[str], None]) -> dict:
         c = cpu.CONFIGS[config]
         result = loadrun.run(RunSpec(f"idle-{config}", load_for(scale), c.store, c.workers,
                                      scale.idle_window_s, scale.idle_warmup_s,
-                                     server=c.server, baseline_s=BASELINE_S, slack_s=30.0),
-                              log)
+                                     server=c.server, baseline_s=BASELINE_S), log)
         w = result.window
         connections = w.sessions
         if connections < 0.95 * result.spec.load.online:

@@ -45,11 +45,6 @@ class RunSpec:
     # Seconds of the idle server (graph loaded, nobody connected) measured
     # before the generator starts: its fixed CPU cost.
     baseline_s: float = 0.0
-    # Extra seconds of load after the window: the generator's load phase
-    # starts once every user *tried* to log in, the window once every user
-    # *is* logged in; logins that failed and were retried shift the window
-    # this much later.
-    slack_s: float = 5.0
     # Separate server processes sharing the Redis store, users spread over
     # them round-robin (the simulator then times the deliveries between them).
     instances: int = 1
@@ -104,17 +99,24 @@ def run(spec: RunSpec, log: Callable[[str], None]) -> RunResult:
             after = server.snapshot(with_metrics=False)
             baseline = 100 * (after.cpu_s - before.cpu_s) / (after.t - before.t)
         load = spec.load
-        # Long enough to cover the ramp the window waits for, the warm-up
-        # and the window; the generator stops soon after.
+        # The generator's load phase starts once every user *tried* to log
+        # in, the window once every user *is* logged in (retried logins come
+        # later): its --duration is only an upper bound, and the load is
+        # ended (SIGUSR1) once the window and what follows it are done.
         ramp_budget = load.online / load.ramp * 1.5 + 30
-        load.duration = spec.warmup_s + spec.window_s + spec.after_s + spec.slack_s
+        load.duration = spec.warmup_s + spec.window_s + spec.after_s + ramp_budget + 60
         log(f"{spec.name}: {load.describe()}; {describe_server(spec)}")
         with Simulation(server, load, seed_graph=False, targets=[s.url for s in servers]) as sim:
             ramp_s = sim.wait_ramped(ramp_budget + 120)
             time.sleep(spec.warmup_s)
             window = measure(server, spec.window_s, redis=redis, generator_pid=sim.pid)
             files = server.open_files()
-            during = spec.after(server, spec.after_s) if spec.after else {}
+            if spec.after is not None:
+                during = spec.after(server, spec.after_s)
+            else:
+                during = {}
+                time.sleep(spec.after_s)
+            sim.end_load()
             summary = sim.result(timeout=load.duration + 180)
         problems = server.log_tail(5) if summary.get("errors") else ""
         if problems:

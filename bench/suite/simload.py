@@ -158,6 +158,11 @@ class Simulation:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def end_load(self) -> None:
+        """End the load phase now (simulate then stops, settles and reports)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+
     def result(self, timeout: float) -> dict:
         """simulate's JSON summary (its exit status is 1 on any error; still a result)."""
         assert self.proc is not None

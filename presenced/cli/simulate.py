@@ -165,6 +165,10 @@ def simulate(
     --avg-friends), use a new --seed or a fresh daemon, or the extra
     friendships show up as errors.
 
+    SIGUSR1 ends the load phase before --duration is up (the run then stops,
+    settles and reports as usual): a caller that measures its own window can
+    end the load when it is done.
+
     A live display shows progress on a terminal; at the end a summary table
     is printed, or with --json one JSON object. Exit status 1 if any virtual
     user saw a protocol error (a remote error, an unexpected close, a bad

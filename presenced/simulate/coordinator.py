@@ -12,6 +12,7 @@ is a plain `multiprocessing.connection.wait`, with no event loop.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from array import array
 from collections import Counter, deque
@@ -87,14 +88,27 @@ class Coordinator:
         self._rates: deque[tuple[float, int, int]] = deque()
         self._next_ui = 0.0
         self._next_prune = 0.0
+        self.end_load = False
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> dict[str, Any]:
+        # SIGUSR1 ends the load phase early: a caller that measures its own
+        # window (bench/) stops the load when it is done, whenever the load
+        # phase began; the run then stops, settles and reports as usual.
+        try:
+            previous = signal.signal(signal.SIGUSR1, self._end_load_now)
+        except ValueError:  # not the main thread: no signal handling
+            previous = None
         try:
             return self._run()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGUSR1, previous)
             self._shutdown()
+
+    def _end_load_now(self, *_: object) -> None:
+        self.end_load = True
 
     def _run(self) -> dict[str, Any]:
         config = self.config
@@ -160,7 +174,7 @@ class Coordinator:
         self.matcher.measure_from = t_load
         for h in self.handles:
             h.send(("load", t_load))
-        self._pump(lambda: False, t_load + config.duration_s, "")
+        self._pump(lambda: self.end_load, t_load + config.duration_s, "")
 
         self.phase = "stopping"
         t_stop = time.monotonic()
