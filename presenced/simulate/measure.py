@@ -72,6 +72,22 @@ def describe(key: int, realms: Iterable[str]) -> str:
     return f"{name} {x},{y}"
 
 
+class Counters:
+    """Running totals; the parent sums the latest copy of every worker's."""
+
+    FIELDS = ("login_attempts", "logins", "login_errors", "connected", "subscribed",
+              "heartbeats", "heartbeats_accepted", "updates", "foreign_updates",
+              "churn_disconnects")
+    __slots__ = FIELDS
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
 class Histogram:
     """Latencies in milliseconds, in buckets 1 % wide: percentiles to 1 %.
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import trio
 from google.protobuf.message import DecodeError
@@ -19,8 +20,15 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from presenced.auth.identity import Identity
 from presenced.client import ConnectionEnded, RemoteError
 from presenced.rpc.frames import ProtocolError
-from presenced.simulate.measure import OFFLINE, ONLINE, SENDER_SHIFT, unpack_position
-from presenced.simulate.plan import UserPlan
+from presenced.simulate.measure import (
+    OFFLINE,
+    ONLINE,
+    SENDER_SHIFT,
+    Counters,
+    Histogram,
+    unpack_position,
+)
+from presenced.simulate.plan import SimConfig, UserPlan
 from presenced.simulate.v2 import (
     SOCIAL_SERVICE,
     SUBSCRIBE_CONNECTIVITY,
@@ -29,8 +37,46 @@ from presenced.simulate.v2 import (
 from presenced.simulate.wire import StreamEndedError, WireClient
 from presenced.v1 import presence_pb2 as pb
 
-if TYPE_CHECKING:
-    from presenced.simulate.worker import Worker
+
+class UserHost(Protocol):
+    """What a virtual user needs from the worker process that runs it.
+
+    The worker (presenced/simulate/worker.py) implements it; users never import the worker,
+    as the server's connections talk to the hub through small protocols.
+    """
+
+    config: SimConfig
+    counters: Counters
+    login_latency: Histogram
+    stopping: bool
+    exiting: bool
+    exit_event: trio.Event
+
+    async def sleep_until(self, deadline: float, user: VirtualUser | None = None) -> bool:
+        """Sleep until `deadline` (trio time); True if the run is stopping meanwhile."""
+        ...
+
+    def quiesce(self, user: VirtualUser) -> None:
+        """`user` has stopped for good."""
+        ...
+
+    def attempt_done(self) -> None:
+        """A first login attempt finished (the ramp counts them)."""
+        ...
+
+    def log_send(self, key: int, t: float) -> None:
+        """A change was sent at monotonic time `t` (matched with its deliveries)."""
+        ...
+
+    def back_after_storm(self, user: VirtualUser, seconds: float) -> None: ...
+
+    def failure(self, e: BaseException, login: bool, user: VirtualUser) -> None: ...
+
+    def record_error(self, kind: str, detail: str, user: VirtualUser) -> None: ...
+
+    def on_updates(self, user: VirtualUser, batch: Sequence[Any], now: float) -> None:
+        """A stream item for `user` arrived at monotonic time `now`."""
+        ...
 
 # Close codes a client can see without anything being wrong: its own
 # normal close (churn) as echoed by the server.
@@ -46,7 +92,7 @@ class VirtualUser:
                  "quiet", "client", "dropped_at")
 
     def __init__(
-        self, worker: Worker, index: int, identity: Identity, target: str,
+        self, worker: UserHost, index: int, identity: Identity, target: str,
         source: str | None, subscriber: bool, target_index: int = 0,
     ) -> None:
         self.worker = worker

@@ -44,6 +44,7 @@ from presenced.simulate.measure import (
     ONLINE,
     SENDER_SHIFT,
     UNKNOWN,
+    Counters,
     Histogram,
     Matcher,
     ReceiptBuffer,
@@ -80,22 +81,6 @@ class WorkerSpec:
     # With several --target URLs: each graph user's target index (-1 for users
     # who never connect), so a receipt knows whether it crossed daemons.
     target_of: bytes = b""
-
-
-class Counters:
-    """Running totals; the parent sums the latest copy of every worker's."""
-
-    FIELDS = ("login_attempts", "logins", "login_errors", "connected", "subscribed",
-              "heartbeats", "heartbeats_accepted", "updates", "foreign_updates",
-              "churn_disconnects")
-    __slots__ = FIELDS
-
-    def __init__(self) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.FIELDS}
 
 
 class GcWatch:
