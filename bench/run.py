@@ -1,24 +1,35 @@
-"""The benchmark of issue 5 in one command: presenced against a baseline, on this machine.
+"""The benchmark of issues 5 and 11 in one command: presenced beside the TypeScript peer.
 
-    scripts/bench --quick        # about 9 minutes (installs what it needs first)
-    scripts/bench                # the full run, about 35 minutes
-    scripts/bench --only cpu baseline
+    scripts/bench --quick        # the few-minute version (installs what it needs first)
+    scripts/bench                # the full run
+    scripts/bench --only heartbeat update
 
-Starts every process itself (presenced serve, private redis-server instances
-on free ports, `presenced simulate` and the baseline's generator) and stops
-them at the end. Prints a results table and writes everything measured to
-bench/results/<time>-<mode>.json (and the table beside it, .md).
+Starts every process itself (presenced serve, the TypeScript peer of
+bench/tspeer, private redis-server instances on free ports, `presenced
+simulate`) and stops them at the end. Prints a table of every target with
+presenced's number, the peer's beside it, their ratio and met/missed, and
+writes everything measured to bench/results/<time>-<mode>.json (and the
+table beside it, .md).
 
-Parts (all by default):
-  cpu         server CPU per heartbeat and per delivered update: embedded store,
-              Redis store with 1 and with 2 workers
-  baseline    the same load on a minimal websockets fan-out server
-  realistic   memory per user, notify latency and a server profile at the
-              largest connection count one process may hold (full: 19,000)
-  logins      server CPU per login and logins/s, embedded and Redis store
+Parts (all by default; the peer runs in those marked *):
+  heartbeat*  server CPU per heartbeat at the high and the low rate (full:
+              2,000/s and 400/s), embedded and Redis store, and the marginal
+              cost of a heartbeat
+  update*     server CPU per delivered update, embedded and Redis store
+  workers     --workers 2: capacity from CPU per delivered update, and the
+              p99 of deliveries between two instances sharing Redis
+  idle*       server CPU holding logged-in idle connections (keepalive only)
+  memory*     the realistic run: memory per connected user, notify latency, a
+              profile (full: 19,000 users, as many as one process may hold)
+  logins*     server CPU per full login and logins/s
+  storm*      every user of a loaded server dropped at once, back within 1 s
+  scale       50,000 users on --workers 3 (full; --quick: 6,000)
+  v2          CPU per update of a SocialService v2 subscriber vs ADR-246
+              (skips until presenced serves the module)
   coldstart   time to /readyz with 100,000 online users in Redis
   sweep       expiry sweep cost with 100,000 online users
   saturation  1 vs 2 workers: highest deliveries/s with p99 ≤ 100 ms (full only)
+Aliases: cpu = heartbeat update workers; realistic = memory.
 """
 
 from __future__ import annotations
@@ -33,19 +44,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.suite import (  # noqa: E402
-    baseline,
     coldstart,
     cpu,
     host,
+    idle,
     logins,
     realistic,
     report,
     saturation,
+    scale,
+    storm,
     sweep,
+    v2,
+    workers,
 )
 from bench.suite.scales import FULL, QUICK  # noqa: E402
 
-PARTS = ("cpu", "baseline", "realistic", "logins", "coldstart", "sweep", "saturation")
+PARTS = ("heartbeat", "update", "workers", "idle", "memory", "logins", "storm", "scale", "v2",
+         "coldstart", "sweep", "saturation")
+ALIASES = {"cpu": ("heartbeat", "update", "workers"), "realistic": ("memory",)}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -57,21 +74,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the few-minute version")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS),
-                        metavar="PART", help=f"run only these parts ({', '.join(PARTS)})")
+    parser.add_argument("--only", nargs="+", choices=(*PARTS, *ALIASES), default=list(PARTS),
+                        metavar="PART", help=f"run only these parts ({', '.join(PARTS)}; "
+                                             f"aliases: cpu, realistic)")
     args = parser.parse_args()
-    scale = QUICK if args.quick else FULL
+    only = {p for name in args.only for p in ALIASES.get(name, (name,))}
+    scale_ = QUICK if args.quick else FULL
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{stamp}-{scale.name}.json"
-    results: dict = {"mode": scale.name, "machine": host.describe(), "started": stamp,
-                     "scale": scale.__dict__}
+    out = RESULTS / f"{stamp}-{scale_.name}.json"
+    results: dict = {"mode": scale_.name, "machine": host.describe(), "started": stamp,
+                     "settings": scale_.__dict__, "parts": [p for p in PARTS if p in only]}
     print(f"machine: {host.one_line(results['machine'])}", flush=True)
     start = time.monotonic()
 
     def part(name: str, fn) -> None:  # noqa: ANN001 - a thunk
         log(f"== {name}")
         t = time.monotonic()
+        load_at_start = host.load_now()
         try:
             value = fn()
         except Exception as e:  # one failed part must not lose the others
@@ -84,39 +104,36 @@ def main() -> int:
         results["elapsed_s"] = round(time.monotonic() - start, 1)
         out.write_text(json.dumps(results, indent=1, default=str))
 
-    only = set(args.only)
-    load_at_start = host.load_now()
-    if "cpu" in only:
-        results["cpu"] = {}
-        for store, workers in (("embedded", 1), ("redis", 1), ("redis", 2)):
-            load_at_start = host.load_now()
-            key = f"{store}-w{workers}"
-            part(f"cpu-{key}", lambda s=store, w=workers: cpu.measure(s, w, scale, log))
-            results["cpu"][key] = results.pop(f"cpu-{key}")
-    if "baseline" in only:
-        load_at_start = host.load_now()
-        part("baseline", lambda: baseline.run(cpu.update_load(scale), scale.cpu_window_s,
-                                              scale.cpu_warmup_s, log))
-    if "realistic" in only:
-        load_at_start = host.load_now()
-        part("realistic", lambda: realistic.run(
-            scale, log, profile_path=RESULTS / f"{stamp}-{scale.name}-server-profile.txt"))
+    runs = cpu.Runs(scale_, log)
+    if "heartbeat" in only:
+        part("heartbeat", lambda: cpu.heartbeat_part(runs))
+    if "update" in only:
+        part("update", lambda: cpu.update_part(runs))
+    if "workers" in only:
+        part("workers", lambda: workers.run(runs, scale_, log))
+    if "idle" in only:
+        part("idle", lambda: idle.run(scale_, log))
+    if "memory" in only:
+        part("memory", lambda: realistic.run(
+            scale_, log, profile_path=RESULTS / f"{stamp}-{scale_.name}-server-profile.txt"))
     if "logins" in only:
-        for store in ("embedded", "redis"):
-            load_at_start = host.load_now()
-            part(f"logins-{store}", lambda s=store: logins.run(s, scale.login_window_s, log))
+        part("logins", lambda: cpu.each(("presenced-embedded", "presenced-redis", "tspeer"),
+                                        lambda c: logins.run(c, scale_.login_window_s, log)))
+    if "storm" in only:
+        part("storm", lambda: storm.run(scale_, log))
+    if "scale" in only:
+        part("scale", lambda: scale.run(scale_, log))
+    if "v2" in only:
+        part("v2", lambda: v2.run(scale_, log))
     if "coldstart" in only:
-        load_at_start = host.load_now()
-        part("coldstart", lambda: coldstart.run(scale.coldstart_users, log))
+        part("coldstart", lambda: coldstart.run(scale_.coldstart_users, log))
     if "sweep" in only:
-        load_at_start = host.load_now()
-        part("sweep", lambda: sweep.run(scale.sweep_users, scale.sweep_repeats, log))
-    if "saturation" in only and scale.saturation_speeds:
+        part("sweep", lambda: sweep.run(scale_.sweep_users, scale_.sweep_repeats, log))
+    if "saturation" in only and scale_.saturation_speeds:
         results["saturation"] = {}
-        for workers in (1, 2):
-            load_at_start = host.load_now()
-            part(f"saturation-w{workers}", lambda w=workers: saturation.search(w, scale, log))
-            results["saturation"][f"w{workers}"] = results.pop(f"saturation-w{workers}")
+        for w in (1, 2):
+            part(f"saturation-w{w}", lambda w=w: saturation.search(w, scale_, log))
+            results["saturation"][f"w{w}"] = results.pop(f"saturation-w{w}")
     results["elapsed_s"] = round(time.monotonic() - start, 1)
     out.write_text(json.dumps(results, indent=1, default=str))
     text = report.table(results)

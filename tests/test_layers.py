@@ -38,6 +38,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "logs.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
     # The WebSocket layer sits below the server and the simulator, beside the wire.
     "ws": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
+    # A virtual user talks to its worker through `user.UserHost` (no import cycle).
+    "simulate/user.py": ("presenced.simulate.worker",),
 }
 
 # What the WebSocket layer may import at all: the standard library, wsproto,

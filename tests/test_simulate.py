@@ -13,6 +13,7 @@ from ipaddress import ip_address
 
 import pytest
 import trio
+from google.protobuf.message import DecodeError
 from trio_websocket import HandshakeError
 
 from presenced.auth.identity import Identity
@@ -30,8 +31,10 @@ from presenced.simulate.measure import (
     unpack_position,
 )
 from presenced.simulate.plan import Population, SimConfig, UserPlan, connection_slot
-from presenced.simulate.report import check_convergence
+from presenced.simulate.report import check_convergence, storm_summary
+from presenced.simulate.v2 import decode_connectivity_update
 from presenced.socialgraph import SocialGraph, user_address
+from presenced.v1 import presence_pb2 as pb
 from tests.support.admin import admin_client, redis_store_available, run_cli_process
 from tests.support.daemon import Daemon, free_port
 
@@ -292,3 +295,107 @@ def test_simulate_two_daemons_sharing_redis():
         summary = json.loads(result.stdout)
         check_clean_run(summary, online=120, processes=1)
         assert summary["targets"] == [one.url, two.url]
+        # About half of the moves cross from one daemon to the other.
+        cross = summary["notify_cross_target_latency_ms"]
+        assert 0 < cross["count"] < summary["notify_latency_ms"]["count"]
+
+
+# ------------------------------------------------ idle users, the storm, v2
+
+
+def test_v2_connectivity_items_are_read_by_hand():
+    address = "0x" + "ab" * 20
+    profile = b"\x0a" + bytes([len(address)]) + address.encode() + b"\x12\x03bob"
+    item = b"\x0a" + bytes([len(profile)]) + profile
+    # ONLINE is the proto3 default: absent on the wire.
+    (online,) = decode_connectivity_update(item)
+    assert (online.address, online.status) == (address, pb.ONLINE)
+    (offline,) = decode_connectivity_update(item + b"\x10\x01")
+    assert offline.status == pb.OFFLINE
+    # AWAY (2) is still online; unknown fields are skipped.
+    (away,) = decode_connectivity_update(item + b"\x10\x02" + b"\x1d\x00\x00\x80\x3f")
+    assert away.status == pb.ONLINE
+    with pytest.raises(DecodeError):
+        decode_connectivity_update(item[:-3])
+
+
+def test_storm_summary_counts_offline_seen_for_users_back_within_grace():
+    finals = [
+        {"storm_dropped": array("q", [3]), "storm_back_users": array("q", [1, 2, 3]),
+         "storm_back_s": array("d", [0.4, 0.9, 7.0]), "storm_offline": array("q", [3, 2])},
+        {"storm_dropped": array("q", [1]), "storm_back_users": array("q", []),
+         "storm_back_s": array("d", []), "storm_offline": array("q", [])},
+    ]
+    storm = storm_summary(finals, grace_s=5.0)
+    assert storm["dropped"] == 4 and storm["back"] == 3 and storm["not_back"] == 1
+    # Somebody never came back: there is no "all back" time.
+    assert storm["all_back_s"] is None
+    assert storm["back_within_grace"] == 2
+    # User 3 came back after the grace (its OFFLINE was right); user 2 did not.
+    assert storm["offline_seen"] == 2
+    assert storm["offline_seen_back_within_grace"] == 1
+
+
+def test_simulate_storm_brings_everyone_back_without_offline():
+    with Daemon(*FAST_DAEMON[:4], "--offline-grace", "3") as daemon:
+        result = run_simulate("--target", daemon.url, "--churn", "0", "--duration", "3",
+                              "--storm-at", "1", "--storm-spread", "0.5",
+                              admin_url=daemon.admin_url)
+        assert result.returncode == 0, result.stderr + result.stdout
+        summary = json.loads(result.stdout)
+        assert summary["errors"] == 0, summary["error_breakdown"]
+        assert summary["undelivered"] == 0
+        storm = summary["storm"]
+        assert storm["dropped"] == 120 and storm["back"] == 120
+        assert storm["all_back_s"] is not None and storm["all_back_s"] < 3
+        assert storm["offline_seen_back_within_grace"] == 0
+        assert storm["offline_grace_s"] == 3
+
+
+def test_simulate_idle_users_send_no_heartbeat():
+    with Daemon(*FAST_DAEMON) as daemon:
+        result = run_simulate("--target", daemon.url, "--no-heartbeats",
+                              "--subscribe-fraction", "0", "--churn", "0",
+                              admin_url=daemon.admin_url)
+        assert result.returncode == 0, result.stderr + result.stdout
+        summary = json.loads(result.stdout)
+        assert summary["ok"] and summary["heartbeats"] == 0
+        assert summary["connections_at_stop"] == 120
+
+
+def test_sigusr1_ends_the_load_phase_early():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with Daemon(*FAST_DAEMON) as daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCED_")}
+        env["PRESENCED_ADMIN_URL"] = daemon.admin_url
+        args = [*RUN, "--target", daemon.url, "--churn", "0"]
+        args[args.index("--duration") + 1] = "600"
+        proc = subprocess.Popen([sys.executable, "-m", "presenced", *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Every online user logged in: the load phase has begun (or is about to;
+            # the signal is remembered either way).
+            deadline = time.monotonic() + 60
+            logins = 'presenced_logins_total{reason="",result="ok"}'
+            while time.monotonic() < deadline:
+                text = httpx.get(f"{daemon.admin_url}/metrics").text
+                done = [line for line in text.splitlines() if line.startswith(logins)]
+                if done and float(done[0].split()[-1]) >= 120:
+                    break
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGUSR1)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["ok"] and summary["duration_s"] < 60

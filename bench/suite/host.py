@@ -40,10 +40,16 @@ def _redis_version() -> str:
     return out.strip()
 
 
+def _node_version() -> str:
+    node = shutil.which("node")
+    if node is None:
+        return "not installed"
+    return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+
+
 def describe() -> dict:
     import trio
     import trio_websocket
-    import websockets
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return {
@@ -54,7 +60,7 @@ def describe() -> dict:
         "platform": platform.platform(),
         "trio": trio.__version__,
         "trio_websocket": trio_websocket.__version__,
-        "websockets": websockets.__version__,
+        "node": _node_version(),
         "redis": _redis_version(),
         "open_files": f"{soft}/{hard}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -64,7 +70,8 @@ def describe() -> dict:
 def one_line(m: dict) -> str:
     load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])
     return (f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']:.0f} GiB, Python {m['python']}, "
-            f"Redis {m['redis']}, open files {m['open_files']}; load average at start {load}")
+            f"Node {m.get('node', '?')}, Redis {m['redis']}, open files {m['open_files']}; "
+            f"load average at start {load}")
 
 
 def load_now() -> float:

@@ -5,7 +5,8 @@ the AuthChain, keccak hashes, JSON, then the friend set, the session and the
 RPC set-up. The driver (its own process) keeps enough logins in flight to
 saturate the server if it can; the server's own CPU per login gives the
 rate a whole core would sustain, and the measured rate is what this
-machine, shared with the driver, reached.
+machine, shared with the driver, reached. The TypeScript peer is driven
+the same way.
 """
 
 from __future__ import annotations
@@ -17,22 +18,25 @@ import time
 from collections.abc import Callable
 
 from bench.suite import metrics as m
+from bench.suite.cpu import CONFIGS
 from bench.suite.loadrun import seed_graph
-from bench.suite.procs import PYTHON, ROOT, Redis, Server, tree_cpu_seconds
+from bench.suite.procs import PYTHON, ROOT, Redis, start_server, tree_cpu_seconds
 from bench.suite.simload import SOURCES, Load
 
 IDENTITIES = 2000
 CONCURRENCY = 48
 
 
-def run(store: str, window_s: float, log: Callable[[str], None]) -> dict:
+def run(config: str, window_s: float, log: Callable[[str], None]) -> dict:
+    c = CONFIGS[config]
+    store = c.store
     redis = Redis().start() if store == "redis" else None
     try:
         args = ["--redis-url", redis.url] if redis else []
         graph = Load(users=2 * IDENTITIES, seed=3)
-        with Server(*args, log_name=f"logins-{store}") as server:
+        with start_server(c.server, *args, log_name=f"logins-{config}") as server:
             seed_graph(server, graph)
-            log(f"logins ({store} store): {CONCURRENCY} logins in flight, "
+            log(f"logins ({c.label}): {CONCURRENCY} logins in flight, "
                 f"{IDENTITIES:,} users of a {graph.users:,}-user graph (avg 20 friends)")
             warmup = 3.0
             driver = subprocess.Popen(
@@ -65,6 +69,7 @@ def run(store: str, window_s: float, log: Callable[[str], None]) -> dict:
         failed = m.logins_failed(b.metrics) - m.logins_failed(a.metrics)
         per_login = cpu / logins if logins else None
         return {
+            "label": c.label,
             "store": store,
             "seconds": round(seconds, 2),
             "logins": logins,

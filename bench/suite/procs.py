@@ -78,6 +78,14 @@ def tree_rss_bytes(pid: int) -> int:
     return sum(rss_bytes(p) for p in descendants(pid))
 
 
+def open_files(pid: int) -> int:
+    """File descriptors a process holds (0 if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 # ------------------------------------------------------------------- ports
 
 
@@ -137,6 +145,8 @@ class Snapshot:
 class Server:
     """`presenced serve` on free ports, as a subprocess (a process tree with --workers)."""
 
+    kind = "presenced"
+
     def __init__(self, *args: str, workers: int = 1, log_name: str = "server",
                  env: dict[str, str] | None = None) -> None:
         self.workers = workers
@@ -164,8 +174,11 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
+    def command(self) -> list[str]:
+        return [PYTHON, "-m", "presenced", "serve", *self.args]
+
     def start(self, timeout: float = 60.0, wait: bool = True) -> Server:
-        cmd = [PYTHON, "-m", "presenced", "serve", *self.args]
+        cmd = self.command()
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -175,7 +188,7 @@ class Server:
                 self.wait_ready(timeout)
             except Exception as e:
                 self.stop()
-                raise RuntimeError(f"presenced serve did not become ready: {e}\n"
+                raise RuntimeError(f"{self.kind} did not become ready: {e}\n"
                                    f"{self.log_tail()}") from None
         return self
 
@@ -207,6 +220,10 @@ class Server:
                 for key, value in parse_prometheus(text).items():
                     total[key] = total.get(key, 0.0) + value
         return total
+
+    def open_files(self) -> list[int]:
+        """File descriptors held by each process that serves connections."""
+        return [open_files(pid) for pid in self.worker_pids()]
 
     def snapshot(self, with_metrics: bool = True) -> Snapshot:
         # CPU first and metrics after: the scrape itself costs the server a
@@ -240,6 +257,95 @@ class Server:
             self.log_path.unlink()
         except OSError:
             pass
+
+
+class TsPeer(Server):
+    """bench/tspeer (the TypeScript peer) on free ports: `node dist/index.js`.
+
+    It takes presenced's option names for the rules both share (offline grace,
+    TTL, rate limit, ...) and answers the same admin subset, so every part
+    drives it exactly as it drives `presenced serve`. Built by scripts/bench.
+    """
+
+    kind = "tspeer"
+    ENTRY = ROOT / "bench" / "tspeer" / "dist" / "index.js"
+
+    def __init__(self, *args: str, workers: int = 1, log_name: str = "tspeer",
+                 env: dict[str, str] | None = None) -> None:
+        if workers != 1:
+            raise ValueError("the TypeScript peer runs one process")
+        super().__init__(*args, workers=1, log_name=log_name, env=env)
+        # presenced's --log-level has no counterpart there.
+        i = self.args.index("--log-level")
+        del self.args[i:i + 2]
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why the peer cannot run here, or None."""
+        if shutil.which("node") is None:
+            return "node is not installed (the TypeScript peer needs Node 20)"
+        if not cls.ENTRY.is_file():
+            return (f"{cls.ENTRY.relative_to(ROOT)} is missing: scripts/bench installs and "
+                    "builds the peer (npm ci --prefix bench/tspeer && bench/tspeer/build)")
+        return None
+
+    def command(self) -> list[str]:
+        problem = self.missing()
+        if problem is not None:
+            raise RuntimeError(problem)
+        return [shutil.which("node") or "node", str(self.ENTRY), *self.args]
+
+
+def start_server(kind: str, *args: str, workers: int = 1, log_name: str = "server") -> Server:
+    """presenced or the TypeScript peer, not started yet (use it as a context manager)."""
+    cls = TsPeer if kind == "tspeer" else Server
+    return cls(*args, workers=workers, log_name=log_name)
+
+
+class Group:
+    """Several servers measured as one (two instances sharing one Redis)."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+        self.workers = sum(s.workers for s in servers)
+        self.kind = servers[0].kind
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    def admin_url(self, worker: int = 0) -> str:
+        return self.servers[0].admin_url(worker)
+
+    @property
+    def pid(self) -> int:
+        return self.servers[0].pid
+
+    def worker_pids(self) -> list[int]:
+        return [p for s in self.servers for p in s.worker_pids()]
+
+    def open_files(self) -> list[int]:
+        return [n for s in self.servers for n in s.open_files()]
+
+    def metrics(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for s in self.servers:
+            for key, value in s.metrics().items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
+    def snapshot(self, with_metrics: bool = True) -> Snapshot:
+        cpu = sum(tree_cpu_seconds(s.pid) for s in self.servers)
+        rss = sum(tree_rss_bytes(s.pid) for s in self.servers)
+        t = time.monotonic()
+        return Snapshot(t, cpu, rss, self.metrics() if with_metrics else {})
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(s.log_tail(lines) for s in self.servers)
 
 
 # -------------------------------------------------------------------- Redis

@@ -6,6 +6,7 @@ online user subscribed, a heartbeat every 30 s (80 % of them moves), churn
 worker. It gives resident memory per connected user (growth from the idle
 server with the graph loaded), notify latency as the generator measured it,
 the server's CPU at that load, and a py-spy profile taken after the window.
+The TypeScript peer runs the same load (in memory: it has no Redis store).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.suite import loadrun, profile
+from bench.suite import cpu, loadrun, profile
 from bench.suite.loadrun import RunResult, RunSpec
 from bench.suite.procs import Server
 from bench.suite.scales import Scale
@@ -30,10 +31,17 @@ def run(scale: Scale, log: Callable[[str], None], profile_path: Path | None = No
         log(f"realistic: py-spy profile of the server for {seconds:.0f} s")
         return profile.record(server.worker_pids()[0], seconds, keep=profile_path)
 
-    spec = RunSpec("realistic", load_for(scale), store="redis", workers=1,
-                   window_s=scale.realistic_window_s, warmup_s=10.0,
-                   after=take_profile, after_s=scale.profile_s)
-    return summarize(loadrun.run(spec, log))
+    def one(config: str) -> dict:
+        peer = config == "tspeer"
+        spec = RunSpec(f"realistic-{config}", load_for(scale),
+                       store="embedded" if peer else "redis", workers=1,
+                       window_s=scale.realistic_window_s, warmup_s=10.0,
+                       server="tspeer" if peer else "presenced",
+                       after=None if peer else take_profile,
+                       after_s=0.0 if peer else scale.profile_s)
+        return summarize(loadrun.run(spec, log))
+
+    return cpu.each(("presenced-redis", "tspeer"), one)
 
 
 def summarize(run: RunResult) -> dict:
@@ -43,6 +51,7 @@ def summarize(run: RunResult) -> dict:
     per_user = (w.rss_end - run.rss_idle) / connected if connected else None
     return {
         "load": run.spec.load.describe(),
+        "server": run.spec.server,
         "connected": connected,
         "ramp_s": round(run.ramp_s, 1),
         "rss_idle_mib": round(run.rss_idle / 2**20, 1),

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.suite import metrics as m
-from bench.suite.procs import PYTHON, ROOT, Server, descendants, tree_cpu_seconds
+from bench.suite.procs import PYTHON, ROOT, Group, Server, descendants, tree_cpu_seconds
 
 # Source addresses the generator spreads its connections over: one address
 # has ~28,000 ephemeral ports, and churned connections linger in TIME_WAIT.
-SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+SOURCES = tuple(f"127.0.0.{i}" for i in range(2, 10))
 
 
 @dataclass
@@ -41,6 +41,13 @@ class Load:
     ramp: float = 300.0
     processes: int = 1
     seed: int = 1
+    # False: users only log in and answer pings (idle connections).
+    heartbeats: bool = True
+    subscribe_protocol: str = "adr246"
+    reconnect_delay: float = 10.0
+    # The reconnect storm: seconds into the load phase, and its spread.
+    storm_at: float | None = None
+    storm_spread: float = 1.0
     extra: list[str] = field(default_factory=list)
 
     @property
@@ -49,16 +56,27 @@ class Load:
 
     def describe(self) -> str:
         churn = f"churn {self.churn:g}/h" if self.churn else "no churn"
-        return (f"{self.online:,} online of {self.users:,} (avg {self.avg_friends:g} friends, "
-                f"skewed), {self.subscribe_fraction:.0%} subscribed, heartbeat every "
-                f"{self.heartbeat_interval / self.speed:g} s, {churn}")
+        if self.churn and self.speed != 1:
+            churn += " simulated"
+        beats = (f"heartbeat every {self.heartbeat_interval / self.speed:g} s"
+                 if self.heartbeats else "no heartbeats (keepalive only)")
+        subscribed = f"{self.subscribe_fraction:.0%} subscribed"
+        if self.subscribe_fraction and self.subscribe_protocol != "adr246":
+            subscribed += f" ({self.subscribe_protocol})"
+        text = (f"{self.online:,} online of {self.users:,} (avg {self.avg_friends:g} friends, "
+                f"skewed), {subscribed}, {beats}, {churn}")
+        if self.storm_at is not None:
+            text += f"; everyone dropped at once, back within {self.storm_spread:g} s"
+        return text
 
 
 class Simulation:
-    def __init__(self, server: Server, load: Load, seed_graph: bool = True) -> None:
+    def __init__(self, server: Server | Group, load: Load, seed_graph: bool = True,
+                 targets: list[str] | None = None) -> None:
         self.server = server
         self.load = load
         self.seed_graph = seed_graph
+        self.targets = targets or [server.url]
         fd, name = tempfile.mkstemp(prefix="presenced-bench-sim-", suffix=".json")
         os.close(fd)
         self.out_path = Path(name)
@@ -70,7 +88,8 @@ class Simulation:
         load = self.load
         cmd = [
             PYTHON, "-m", "presenced", "simulate",
-            "--target", self.server.url, "--admin-url", self.server.admin_url(0),
+            *(arg for url in self.targets for arg in ("--target", url)),
+            "--admin-url", self.server.admin_url(0),
             "--users", str(load.users), "--avg-friends", str(load.avg_friends),
             "--seed", str(load.seed), "--online-fraction", str(load.online_fraction),
             "--subscribe-fraction", str(load.subscribe_fraction),
@@ -80,8 +99,14 @@ class Simulation:
             "--processes", str(load.processes),
             "--source-addresses", ",".join(SOURCES[:max(1, min(len(SOURCES),
                                                               load.processes))]),
+            "--reconnect-delay", str(load.reconnect_delay),
+            "--subscribe-protocol", load.subscribe_protocol,
             "--json", *load.extra,
         ]
+        if not load.heartbeats:
+            cmd.append("--no-heartbeats")
+        if load.storm_at is not None:
+            cmd += ["--storm-at", str(load.storm_at), "--storm-spread", str(load.storm_spread)]
         if not self.seed_graph:
             cmd.append("--no-seed")
         return cmd
@@ -132,6 +157,11 @@ class Simulation:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def end_load(self) -> None:
+        """End the load phase now (simulate then stops, settles and reports)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
 
     def result(self, timeout: float) -> dict:
         """simulate's JSON summary (its exit status is 1 on any error; still a result)."""

@@ -123,6 +123,24 @@ def simulate(
         help=f"Seconds to wait after the load before comparing what subscribers saw with "
              f"their friends' final state (default: the daemon's offline grace + "
              f"{SETTLE_MARGIN_S:g}).")] = None,
+    no_heartbeats: Annotated[bool, typer.Option(
+        "--no-heartbeats", help="Users only log in and stay connected, answering the daemon's "
+                                "pings, as a SocialService v2 client does; they never send a "
+                                "PositionHeartbeat (idle connections).")] = False,
+    subscribe_protocol: Annotated[str, typer.Option(
+        "--subscribe-protocol", metavar="adr246|v2",
+        help="The stream subscribers open: adr246 (PresenceService's "
+             "SubscribeFriendshipPresenceUpdates) or v2 (the SocialService module's "
+             "SubscribeToFriendConnectivityUpdates: online and offline only).")] = "adr246",
+    storm_at: Annotated[float | None, typer.Option(
+        "--storm-at", min=0, metavar="SECONDS", show_default=False,
+        help="A reconnect storm: this many seconds into the load, drop every connection at "
+             "once (no close frame) and log everyone in again within --storm-spread; the "
+             "summary says when all were back and whether friends saw anyone OFFLINE who came "
+             "back within the daemon's offline grace.")] = None,
+    storm_spread: Annotated[float, typer.Option(
+        "--storm-spread", min=0, metavar="SECONDS",
+        help="Real seconds over which the dropped users log in again.")] = 1.0,
     no_seed: Annotated[bool, typer.Option(
         "--no-seed", help="Do not import the graph through the admin endpoint: it is "
                           "already there (seeded earlier, or loaded with serve --friends).")
@@ -152,6 +170,10 @@ def simulate(
     graph of the same --seed (an earlier run with other --users or
     --avg-friends), use a new --seed or a fresh daemon, or the extra
     friendships show up as errors.
+
+    SIGUSR1 ends the load phase before --duration is up (the run then stops,
+    settles and reports as usual): a caller that measures its own window can
+    end the load when it is done.
 
     A live display shows progress on a terminal; at the end a summary table
     is printed, or with --json one JSON object. Exit status 1 if any virtual
@@ -204,6 +226,11 @@ def simulate(
         source_addresses=sources,
         connect_timeout_s=connect_timeout,
         settle_s=settle if settle is not None else grace_s + SETTLE_MARGIN_S,
+        heartbeats=not no_heartbeats,
+        subscribe_protocol=subscribe_protocol,
+        storm_at_s=storm_at,
+        storm_spread_s=storm_spread,
+        offline_grace_s=grace_s,
     )
     problems = config.problems()
     if problems:
@@ -315,14 +342,15 @@ def _check_engine_limits(config: SimConfig, engine: dict[str, Any]) -> None:
     # run whose own pace the daemon would refuse.
     rate = float(engine.get("heartbeat_rate", 0) or 0)
     shortest = config.heartbeat_real_s * (1.0 - config.jitter)
-    if rate > 0 and shortest < 1.0 / rate:
+    if config.heartbeats and rate > 0 and shortest < 1.0 / rate:
         fail(f"heartbeats every {shortest:.3g} s at the shortest (--heartbeat-interval "
              f"{config.heartbeat_interval_s:g} / --speed {config.speed:g}, less --jitter) are "
              f"faster than the daemon accepts ({rate:g} per second per connection): lower "
              f"--speed or start serve with a higher --heartbeat-rate", EXIT_USAGE)
     ttl_s = float(engine.get("ttl_ms", 0) or 0) / 1000.0
     longest = config.heartbeat_real_s * (1.0 + config.jitter)
-    if ttl_s > 0 and longest + config.settle_s >= ttl_s:
+    # Without heartbeats the daemon's pings keep users alive.
+    if config.heartbeats and ttl_s > 0 and longest + config.settle_s >= ttl_s:
         # Users would expire between heartbeats, or while the run settles,
         # and their friends would rightly see them go offline.
         fail(f"heartbeats up to {longest:.3g} s apart plus {config.settle_s:g} s of --settle "

@@ -35,8 +35,8 @@ from presenced.server.hub import Hub, Spawn
 from presenced.server.readiness import starting_reason
 from presenced.services import SERVED_MODULES
 from presenced.services.base import Module
-from presenced.store.base import Store
-from presenced.store.friends_file import read_friendships_file
+from presenced.store.base import Friendship, Store, StoreUnavailable
+from presenced.store.friends_file import FriendsFile, FriendsFileError
 from presenced.store.memory import MemoryStore
 from presenced.ws.poller import Poller
 from presenced.ws.transport import accept
@@ -55,6 +55,8 @@ ACCEPT_ERROR_PAUSE_S = 0.1
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
                                errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
                                errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
+# Seconds between attempts to load the friends file while the store is away.
+FRIENDS_RETRY_S = 1.0
 
 
 class ConfigError(Exception):
@@ -79,26 +81,41 @@ def check_config(config: ServerConfig) -> None:
 
 def build_store(config: ServerConfig) -> Store:
     if config.redis_url:
-        from presenced.store.redis import RedisStore
+        from presenced.store.redis_store import RedisStore
 
         try:
             # Parses the URL; no connection is made until the store runs.
             return RedisStore(config.redis_url, config.redis_store_config())
         except ValueError as e:
             raise ConfigError(f"--redis-url {redact_url(config.redis_url)!r}: {e}") from None
-    store = MemoryStore()
-    if config.friends_file:
+    return MemoryStore()
+
+
+def read_friends_file(config: ServerConfig) -> tuple[FriendsFile, list[Friendship]] | None:
+    """The `--friends` file as a friends source and its pairs; a malformed
+    file is a ConfigError, found before anything starts."""
+    if not config.friends_file:
+        return None
+    source = FriendsFile(config.friends_file)
+    try:
+        return source, source.read()
+    except FriendsFileError as e:
+        raise ConfigError(str(e)) from None
+
+
+async def load_friends_file(store: Store, source: FriendsFile, pairs: list[Friendship]) -> None:
+    """Load the file into the store (idempotent: a shared store keeps what
+    other instances loaded), retrying while the store is away."""
+    while True:
         try:
-            pairs, errors = read_friendships_file(config.friends_file)
-        except OSError as e:
-            raise ConfigError(f"cannot read friends file: {e}") from None
-        if errors:
-            shown = "; ".join(str(e) for e in errors[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            raise ConfigError(f"{config.friends_file}: {shown}{more}")
-        added = store.load_friendships(pairs)
-        log.info("loaded %d friendships from %s", added, config.friends_file)
-    return store
+            added = await store.load_friendships(pairs)
+        except StoreUnavailable as e:
+            log.warning("cannot load the %s yet (%s); retrying", source.name, e)
+            await trio.sleep(FRIENDS_RETRY_S)
+            continue
+        log.info("loaded %d friendships from %s (%d new to the store)",
+                 len(pairs), source.path, added)
+        return
 
 
 async def bind_sockets(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
@@ -152,7 +169,19 @@ async def serve(
     the state loaded at start-up out of the garbage collector's passes.
     """
     check_config(config)
+    friends = read_friends_file(config)
     hub = Hub(config, store or build_store(config), modules)
+    loaded: Callable[[], Awaitable[None]] | None = None
+    if friends is not None:
+        source, pairs = friends
+        del friends
+        # The store rebuilds friendships from the file if it ever loses them.
+        hub.store.set_friends_source(source)
+
+        async def loaded() -> None:
+            nonlocal pairs
+            await load_friends_file(hub.store, source, pairs)
+            pairs = []
     try:
         async with trio.open_nursery() as root:
             ws_sockets, admin_sock = await _bind(config, reuse_port)
@@ -161,7 +190,7 @@ async def serve(
             # ends any stragglers.
             await root.start(admin.serve_admin, hub, admin_sock, shutdown.wait)
             _log_start(hub, ws_sockets)
-            if await _start_hub(root, hub, shutdown):
+            if await _start_hub(root, hub, shutdown, loaded):
                 if freeze_loaded_state:
                     runtime.freeze_loaded_state()
                 await _serve_connections(hub, ws_sockets, shutdown, task_status)
@@ -191,8 +220,12 @@ async def _bind(
     return ws_sockets, admin_sock
 
 
-async def _start_hub(root: trio.Nursery, hub: Hub, shutdown: trio.Event) -> bool:
-    """Start the hub (it loads the store); False if `shutdown` came first.
+async def _start_hub(
+    root: trio.Nursery, hub: Hub, shutdown: trio.Event,
+    loaded: Callable[[], Awaitable[None]] | None = None,
+) -> bool:
+    """Start the hub (it loads the store), then run `loaded` (the friends file
+    goes into the store); False if `shutdown` came first.
 
     Raises StartupFailed after `--startup-timeout` seconds (0: no limit).
     """
@@ -207,6 +240,8 @@ async def _start_hub(root: trio.Nursery, hub: Hub, shutdown: trio.Event) -> bool
             watch.start_soon(stop_on_shutdown)
             with trio.move_on_after(timeout) as deadline:
                 await root.start(hub.run)
+                if loaded is not None:
+                    await loaded()
             watch.cancel_scope.cancel()
         if deadline.cancelled_caught:
             config = hub.config

@@ -149,7 +149,7 @@ class Hub:
     def phase(self) -> Phase:
         """Where this instance is in its life, for /readyz and the metrics."""
         return Phase(started=self.ready, stopping=self.stopping,
-                     store_healthy=bool(getattr(self.store, "healthy", True)),
+                     store_healthy=self.store.healthy,
                      store=self.config.store_kind)
 
     def now_ms(self) -> int:

@@ -12,6 +12,7 @@ is a plain `multiprocessing.connection.wait`, with no event loop.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from array import array
 from collections import Counter, deque
@@ -26,6 +27,7 @@ from presenced.simulate.report import (
     Totals,
     build_summary,
     check_convergence,
+    storm_summary,
 )
 from presenced.simulate.ui import LiveView, Progress
 from presenced.simulate.worker import CLOSE_TIMEOUT_S, WorkerSpec, worker_main
@@ -81,7 +83,8 @@ class Coordinator:
         self.matcher = Matcher(self.log)
         # Parent-side matches land in the same histograms as the workers' deltas.
         self.matcher.histograms = self.totals.histograms[:3]
-        self.pending: list[tuple[int, float, float]] = []
+        self.matcher.cross = self.totals.histograms[4]
+        self.pending: list[tuple[int, float, float, int]] = []
         self.owner = array("h", [-1]) * config.users
         self.phase = "starting"
         self.started = time.monotonic()
@@ -93,6 +96,8 @@ class Coordinator:
         # reports what it measured, marked interrupted.
         self.interrupted = False
         self._winding_down = False
+        # Set (SIGUSR1) to end the load phase early; the run then stops and reports as usual.
+        self.end_load = False
 
     def interrupt(self) -> None:
         """Stop the run at the next chance and report what was measured so far."""
@@ -101,16 +106,34 @@ class Coordinator:
     # ------------------------------------------------------------------ run
 
     def run(self) -> dict[str, Any]:
+        # SIGUSR1 ends the load phase early: a caller that measures its own
+        # window (bench/) stops the load when it is done, whenever the load
+        # phase began; the run then stops, settles and reports as usual.
+        try:
+            previous = signal.signal(signal.SIGUSR1, self._end_load_now)
+        except ValueError:  # not the main thread: no signal handling
+            previous = None
         try:
             return self._run()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGUSR1, previous)
             self._shutdown()
+
+    def _end_load_now(self, *_: object) -> None:
+        self.end_load = True
 
     def _run(self) -> dict[str, Any]:
         config = self.config
         shares = self.population.shares(self.processes)
         subscribers = self.population.subscribers
         order = {index: k for k, index in enumerate(self.population.online)}
+        target_of = b""
+        if len(config.targets) > 1:
+            targets = bytearray(b"\xff") * config.users
+            for index, k in order.items():
+                targets[index] = k % len(config.targets)
+            target_of = bytes(targets)
         context = multiprocessing.get_context("spawn")
         self.phase = "deriving identities"
         for wid, (online, offline) in enumerate(shares):
@@ -120,6 +143,7 @@ class Coordinator:
                 wid, config,
                 tuple((index, order[index], index in subscribers) for index in online),
                 tuple(offline),
+                target_of,
             )
             from_worker, worker_end = context.Pipe(duplex=False)
             worker_in, to_worker = context.Pipe(duplex=False)
@@ -165,7 +189,7 @@ class Coordinator:
             self.matcher.measure_from = times["load"]
             for h in self.handles:
                 h.send(("load", times["load"]))
-            self._pump(lambda: False, times["load"] + config.duration_s, "")
+            self._pump(lambda: self.end_load, times["load"] + config.duration_s, "")
         except _Interrupted:
             self.ui.note("interrupted: stopping the virtual users and reporting what was "
                          "measured so far")
@@ -208,9 +232,10 @@ class Coordinator:
 
         # Without the settle an interrupted run's views are not final yet:
         # comparing them would count updates still on their way as lost.
+        finals = [h.final for h in self.handles if h.final is not None]
         convergence: Convergence = Convergence() if self.interrupted else check_convergence(
-            graph.adjacency(), [h.final for h in self.handles if h.final is not None],
-            addresses, config.realms)
+            graph.adjacency(), finals, addresses, config.realms,
+            presence_only=config.subscribe_protocol == "v2")
         t_go = times.get("go", times["stop"])
         t_load = times.get("load", times["stop"])
         workers = []
@@ -252,6 +277,8 @@ class Coordinator:
             workers=workers,
             seeded=seeded,
             interrupted=self.interrupted,
+            storm=storm_summary(finals, config.offline_grace_s)
+            if config.storm_at_s is not None else None,
         )
 
     def _shutdown(self) -> None:
@@ -331,7 +358,7 @@ class Coordinator:
         if pending:
             self.pending = [r for r in pending if not resolve(*r)]
 
-    def _resolve(self, key: int, arrival: float, since: float) -> bool:
+    def _resolve(self, key: int, arrival: float, since: float, cross: int = 0) -> bool:
         """Match a receipt once its sender's sends up to its arrival are in; False to wait.
 
         Matching earlier could pick an older send of the same key: a login's
@@ -345,7 +372,7 @@ class Coordinator:
             return True
         if self.handles[wid].flushed_until < arrival:
             return False
-        if not self.matcher.match(key, arrival, since):
+        if not self.matcher.match(key, arrival, since, cross):
             self.matcher.unmatched += 1
         return True
 

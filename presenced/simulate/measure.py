@@ -72,6 +72,22 @@ def describe(key: int, realms: Iterable[str]) -> str:
     return f"{name} {x},{y}"
 
 
+class Counters:
+    """Running totals; the parent sums the latest copy of every worker's."""
+
+    FIELDS = ("login_attempts", "logins", "login_errors", "connected", "subscribed",
+              "heartbeats", "heartbeats_accepted", "updates", "foreign_updates",
+              "churn_disconnects")
+    __slots__ = FIELDS
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
 class Histogram:
     """Latencies in milliseconds, in buckets 1 % wide: percentiles to 1 %.
 
@@ -222,18 +238,23 @@ class Matcher:
     (`measure_from`; the ramp's login storm is not steady state).
     """
 
-    __slots__ = ("log", "histograms", "measure_from", "matched", "excluded", "unmatched")
+    __slots__ = ("log", "histograms", "cross", "measure_from", "matched", "excluded",
+                 "unmatched")
 
     def __init__(self, log: SendLog) -> None:
         self.log = log
         self.histograms = (Histogram(), Histogram(), Histogram())
+        # Position changes whose sender and receiver use different --target
+        # daemons: the path between two instances (through the store).
+        self.cross = Histogram()
         self.measure_from = math.inf
         self.matched = [0, 0, 0]  # live updates per kind, measured or not
         self.excluded = 0  # snapshot entries and updates caused during the ramp
         self.unmatched = 0
 
-    def match(self, key: int, arrival: float, since: float) -> bool:
-        """False if the cause is not (yet) in the log."""
+    def match(self, key: int, arrival: float, since: float, cross: int = 0) -> bool:
+        """False if the cause is not (yet) in the log; `cross` if the sender and the
+        receiver are connected to different targets."""
         sent = self.log.sent_before(key, arrival)
         if sent is None:
             return False
@@ -243,31 +264,37 @@ class Matcher:
         kind = kind_of(key)
         self.matched[kind] += 1
         if sent >= self.measure_from:
-            self.histograms[kind].add((arrival - sent) * 1000.0)
+            ms = (arrival - sent) * 1000.0
+            self.histograms[kind].add(ms)
+            if cross and kind == POSITION:
+                self.cross.add(ms)
         return True
 
 
 class ReceiptBuffer:
     """Receipts for senders in other processes, as flat arrays for the pipe."""
 
-    __slots__ = ("keys", "arrivals", "sinces")
+    __slots__ = ("keys", "arrivals", "sinces", "crosses")
 
     def __init__(self) -> None:
         self.keys = array("q")
         self.arrivals = array("d")
         self.sinces = array("d")
+        self.crosses = array("b")
 
-    def add(self, key: int, arrival: float, since: float) -> None:
+    def add(self, key: int, arrival: float, since: float, cross: int = 0) -> None:
         self.keys.append(key)
         self.arrivals.append(arrival)
         self.sinces.append(since)
+        self.crosses.append(cross)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def take(self) -> tuple[array, array, array]:
-        out = self.keys, self.arrivals, self.sinces
+    def take(self) -> tuple[array, array, array, array]:
+        out = self.keys, self.arrivals, self.sinces, self.crosses
         self.keys = array("q")
         self.arrivals = array("d")
         self.sinces = array("d")
+        self.crosses = array("b")
         return out

@@ -17,6 +17,8 @@ from presenced.simulate.measure import COORD_MAX, COORD_MIN, MAX_REALMS, positio
 # Genesis City's parcels, as `presenced seed presence` uses.
 DEFAULT_AREA = (-150, -150, 163, 158)
 DEFAULT_REALMS = ("main", "hela", "dg")
+# Streams a subscriber can open (SimConfig.subscribe_protocol).
+SUBSCRIBE_PROTOCOLS = ("adr246", "v2")
 # A walk moves at most this many parcels per axis per heartbeat.
 WALK_STEP = 4
 # Positions a user remembers having been on, never to return to them soon:
@@ -53,6 +55,21 @@ class SimConfig:
     retention_s: float = 300.0
     # Seconds between a worker's reports to the parent.
     report_interval_s: float = 0.25
+    # False: users only log in and stay (keepalive pings are their sign of
+    # life, as for a v2 client); they never send a PositionHeartbeat.
+    heartbeats: bool = True
+    # Which stream subscribers open: the ADR-246 PresenceService's
+    # SubscribeFriendshipPresenceUpdates, or the SocialService v2 module's
+    # SubscribeToFriendConnectivityUpdates (online/offline only).
+    subscribe_protocol: str = "adr246"
+    # A reconnect storm: this many seconds into the load phase every
+    # connection is dropped at once (no close frame), and each user logs in
+    # again within `storm_spread_s`. None: no storm.
+    storm_at_s: float | None = None
+    storm_spread_s: float = 1.0
+    # The daemon's offline grace: users back within it must never have been
+    # seen offline (the storm's check).
+    offline_grace_s: float = 5.0
 
     @property
     def heartbeat_real_s(self) -> float:
@@ -88,6 +105,13 @@ class SimConfig:
             out.append(f"--area must lie within {COORD_MIN}..{COORD_MAX} on both axes")
         if (max_x - min_x + 1) * (max_y - min_y + 1) < 4 * RECENT_POSITIONS:
             out.append(f"--area needs at least {4 * RECENT_POSITIONS} parcels")
+        if self.subscribe_protocol not in SUBSCRIBE_PROTOCOLS:
+            out.append(f"--subscribe-protocol must be one of {', '.join(SUBSCRIBE_PROTOCOLS)}")
+        if self.storm_at_s is not None:
+            if not 0 <= self.storm_at_s < self.duration_s:
+                out.append("--storm-at must be within --duration")
+            if self.storm_spread_s < 0:
+                out.append("--storm-spread must not be negative")
         return out
 
 
@@ -158,6 +182,10 @@ class UserPlan:
     def offline_gap(self) -> float:
         c = self.config
         return c.reconnect_delay_s * self.rng.uniform(0.5, 1.5) / c.speed
+
+    def storm_delay(self) -> float:
+        """Real seconds before logging in again after the storm dropped the connection."""
+        return self.rng.uniform(0.0, self.config.storm_spread_s)
 
     def spawn(self) -> int:
         """A fresh position at login: a random realm and parcel."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from presenced.simulate.measure import KINDS, OFFLINE, Histogram, describe
+from presenced.simulate.measure import KINDS, OFFLINE, ONLINE, Histogram, describe
 from presenced.simulate.plan import SimConfig
 
 # Undelivered updates described in the summary (all are counted).
@@ -30,9 +30,10 @@ class Totals:
     counters: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     samples: dict[str, list[str]] = field(default_factory=dict)
-    # notify, online, offline (as measure.KINDS), then login durations.
+    # notify, online, offline (as measure.KINDS), then login durations, then
+    # notify between users on different --target daemons.
     histograms: tuple[Histogram, ...] = field(
-        default_factory=lambda: tuple(Histogram() for _ in range(len(KINDS) + 1)))
+        default_factory=lambda: tuple(Histogram() for _ in range(len(KINDS) + 2)))
     matched: list[int] = field(default_factory=lambda: [0, 0, 0])
     excluded: int = 0
     unmatched: int = 0
@@ -52,12 +53,14 @@ def check_convergence(
     finals: Sequence[dict[str, array]],
     addresses: Sequence[str],
     realms: Sequence[str],
+    presence_only: bool = False,
 ) -> Convergence:
     """Compare every subscribed user's view of each friend with that friend's final state.
 
     A friend who never connected, or whose last connection ended, must be
     absent from the view (offline); a connected friend must be there with
-    the position of their last accepted heartbeat.
+    the position of their last accepted heartbeat (with `presence_only`, the
+    v2 stream's view, just online).
     """
     state: dict[int, int] = {}
     for final in finals:
@@ -75,6 +78,8 @@ def check_convergence(
             result.friendships += len(mine)
             for friend in mine:
                 expected = state.get(friend, OFFLINE)
+                if presence_only and expected != OFFLINE:
+                    expected = ONLINE
                 got = view.pop(friend, OFFLINE)
                 if got != expected:
                     result.undelivered += 1
@@ -88,6 +93,39 @@ def check_convergence(
             # Whatever is left was announced by someone who is not a friend.
             result.not_friends += len(view)
     return result
+
+
+def storm_summary(finals: Sequence[dict[str, array]], grace_s: float) -> dict[str, Any]:
+    """What the reconnect storm did: how fast everyone was back, and whether a friend
+    was told OFFLINE about someone who came back inside the offline grace."""
+    back: dict[int, float] = {}
+    dropped = 0
+    offline: list[int] = []
+    for final in finals:
+        dropped += sum(final["storm_dropped"])
+        # The first login after the drop is the one that counts.
+        for index, seconds in zip(final["storm_back_users"], final["storm_back_s"],
+                                  strict=True):
+            back.setdefault(index, seconds)
+        offline.extend(final["storm_offline"])
+    times = sorted(back.values())
+    within = {index for index, seconds in back.items() if seconds <= grace_s}
+
+    def at(q: float) -> float | None:
+        return round(times[min(len(times) - 1, int(q * len(times)))], 3) if times else None
+
+    return {
+        "dropped": dropped,
+        "back": len(back),
+        "not_back": dropped - len(back),
+        "all_back_s": round(times[-1], 3) if times and len(back) >= dropped else None,
+        "back_p50_s": at(0.5),
+        "back_p99_s": at(0.99),
+        "offline_grace_s": grace_s,
+        "back_within_grace": len(within),
+        "offline_seen": len(offline),
+        "offline_seen_back_within_grace": sum(1 for i in offline if i in within),
+    }
 
 
 def build_summary(
@@ -105,6 +143,7 @@ def build_summary(
     workers: list[dict[str, Any]],
     seeded: dict[str, Any] | None,
     interrupted: bool = False,
+    storm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     c = totals.counters
     errors = Counter(totals.errors)
@@ -136,6 +175,8 @@ def build_summary(
         "online_latency_ms": totals.histograms[1].summary(),
         "offline_latency_ms": totals.histograms[2].summary(),
         "login_ms": totals.histograms[3].summary(),
+        "notify_cross_target_latency_ms": totals.histograms[4].summary()
+        if len(config.targets) > 1 else None,
         "live_updates": {
             "position": totals.matched[0],
             "online": totals.matched[1],
@@ -161,6 +202,7 @@ def build_summary(
         "seed": config.seed,
         "workers": workers,
         "seeded": seeded,
+        "storm": storm,
     }
     return summary
 
@@ -195,6 +237,17 @@ def summary_table(s: dict[str, Any]) -> Table:
     table.add_row("online latency", _latency_row(s["online_latency_ms"]))
     table.add_row("offline latency", _latency_row(s["offline_latency_ms"]) + " incl. grace")
     table.add_row("login time", _latency_row(s["login_ms"]))
+    if s.get("notify_cross_target_latency_ms"):
+        table.add_row("across targets", _latency_row(s["notify_cross_target_latency_ms"])
+                      + " (moves, sender and receiver on different --target)")
+    storm = s.get("storm")
+    if storm:
+        back = (f"all back after {storm['all_back_s']:.2f} s" if storm["all_back_s"] is not None
+                else f"{storm['not_back']:,} never back")
+        table.add_row("storm", f"{storm['dropped']:,} dropped, {back} (p50 "
+                               f"{storm['back_p50_s']} s); {storm['offline_seen']:,} OFFLINE "
+                               f"seen, {storm['offline_seen_back_within_grace']:,} of them for "
+                               f"users back within the {storm['offline_grace_s']:g} s grace")
     live = s["live_updates"]
     table.add_row("live updates", f"{live['position']:,} moves, {live['online']:,} online, "
                                   f"{live['offline']:,} offline; {s['snapshot_updates']:,} "

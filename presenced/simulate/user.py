@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import trio
 from google.protobuf.message import DecodeError
@@ -19,13 +20,63 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from presenced.auth.identity import Identity
 from presenced.client import ConnectionEnded, RemoteError
 from presenced.rpc.frames import ProtocolError
-from presenced.simulate.measure import OFFLINE, ONLINE, SENDER_SHIFT, unpack_position
-from presenced.simulate.plan import UserPlan
+from presenced.simulate.measure import (
+    OFFLINE,
+    ONLINE,
+    SENDER_SHIFT,
+    Counters,
+    Histogram,
+    unpack_position,
+)
+from presenced.simulate.plan import SimConfig, UserPlan
+from presenced.simulate.v2 import (
+    SOCIAL_SERVICE,
+    SUBSCRIBE_CONNECTIVITY,
+    decode_connectivity_update,
+)
 from presenced.simulate.wire import StreamEndedError, WireClient
 from presenced.v1 import presence_pb2 as pb
 
-if TYPE_CHECKING:
-    from presenced.simulate.worker import Worker
+
+class UserHost(Protocol):
+    """What a virtual user needs from the worker process that runs it.
+
+    The worker (presenced/simulate/worker.py) implements it; users never import the worker,
+    as the server's connections talk to the hub through small protocols.
+    """
+
+    config: SimConfig
+    counters: Counters
+    login_latency: Histogram
+    stopping: bool
+    exiting: bool
+    exit_event: trio.Event
+
+    async def sleep_until(self, deadline: float, user: VirtualUser | None = None) -> bool:
+        """Sleep until `deadline` (trio time); True if the run is stopping meanwhile."""
+        ...
+
+    def quiesce(self, user: VirtualUser) -> None:
+        """`user` has stopped for good."""
+        ...
+
+    def attempt_done(self) -> None:
+        """A first login attempt finished (the ramp counts them)."""
+        ...
+
+    def log_send(self, key: int, t: float) -> None:
+        """A change was sent at monotonic time `t` (matched with its deliveries)."""
+        ...
+
+    def back_after_storm(self, user: VirtualUser, seconds: float) -> None: ...
+
+    def failure(self, e: BaseException, login: bool, user: VirtualUser) -> None: ...
+
+    def record_error(self, kind: str, detail: str, user: VirtualUser) -> None: ...
+
+    def on_updates(self, user: VirtualUser, batch: Sequence[Any], now: float) -> None:
+        """A stream item for `user` arrived at monotonic time `now`."""
+        ...
 
 # Close codes a client can see without anything being wrong: its own
 # normal close (churn) as echoed by the server.
@@ -36,17 +87,19 @@ _RETRY_FLOOR_S = 0.5
 
 
 class VirtualUser:
-    __slots__ = ("worker", "index", "identity", "target", "source", "subscriber", "plan",
-                 "sender", "accepted", "connected", "view", "since", "attempted", "quiet")
+    __slots__ = ("worker", "index", "identity", "target", "target_index", "source", "subscriber",
+                 "plan", "sender", "accepted", "connected", "view", "since", "attempted",
+                 "quiet", "client", "dropped_at")
 
     def __init__(
-        self, worker: Worker, index: int, identity: Identity, target: str,
-        source: str | None, subscriber: bool,
+        self, worker: UserHost, index: int, identity: Identity, target: str,
+        source: str | None, subscriber: bool, target_index: int = 0,
     ) -> None:
         self.worker = worker
         self.index = index
         self.identity = identity
         self.target = target
+        self.target_index = target_index
         self.source = source
         self.subscriber = subscriber
         self.plan = UserPlan(worker.config, index)
@@ -60,6 +113,9 @@ class VirtualUser:
         self.since = math.inf
         self.attempted = False
         self.quiet = False
+        # The live connection (the storm drops it), and when the storm did.
+        self.client: WireClient | None = None
+        self.dropped_at: float | None = None
 
     def final_key(self) -> int:
         """What friends should see of this user once everything settled."""
@@ -98,26 +154,48 @@ class VirtualUser:
                 self.target, self.identity, local_address=self.source,
                 connect_timeout=worker.config.connect_timeout_s,
             ) as client:
-                worker.login_latency.add((time.monotonic() - started) * 1000.0)
+                now = time.monotonic()
+                worker.login_latency.add((now - started) * 1000.0)
+                if self.dropped_at is not None:
+                    worker.back_after_storm(self, now - self.dropped_at)
+                    self.dropped_at = None
                 self.connected = True
+                self.client = client
                 counters.logins += 1
                 counters.connected += 1
                 self._attempt_done()
                 try:
-                    await self._heartbeat(client, self.plan.spawn())
+                    if worker.config.heartbeats:
+                        await self._heartbeat(client, self.plan.spawn())
                     if self.subscriber:
-                        self._subscribe(client)
+                        await self._subscribe(client)
                     await self._live(client)
                 finally:
+                    self.client = None
                     self._disconnected()
+            if self.dropped_at is not None:
+                return self.plan.storm_delay()
             return self.plan.offline_gap()
         except Exception as e:  # every failure is classified and counted, then retried
             was_connected = self.connected
+            self.client = None
             self._disconnected()
             self._attempt_done()
+            if self.dropped_at is not None and was_connected:
+                # The storm dropped this connection under a call: expected.
+                return self.plan.storm_delay()
             if not worker.exiting:
                 worker.failure(e, login=not was_connected, user=self)
             return max(_RETRY_FLOOR_S, self.plan.offline_gap())
+
+    def drop(self, now: float) -> bool:
+        """The storm: lose the connection at once (the session then ends quietly)."""
+        client = self.client
+        if client is None or not self.connected:
+            return False
+        self.dropped_at = now
+        client.drop()
+        return True
 
     def _disconnected(self) -> None:
         if self.connected:
@@ -134,13 +212,16 @@ class VirtualUser:
         """Beat and move until churn ends the session or the worker stops."""
         worker = self.worker
         plan = self.plan
+        beating = worker.config.heartbeats
         leave_at = trio.current_time() + plan.session_length()
         while True:
-            due = trio.current_time() + plan.heartbeat_delay()
-            if await worker.sleep_until(min(due, leave_at)):
+            due = trio.current_time() + plan.heartbeat_delay() if beating else leave_at
+            if await worker.sleep_until(min(due, leave_at), self):
                 # Stopped: stay online and listening until the worker exits.
                 worker.quiesce(self)
                 await worker.exit_event.wait()
+                return
+            if self.dropped_at is not None:
                 return
             if trio.current_time() >= leave_at:
                 worker.counters.churn_disconnects += 1
@@ -172,18 +253,25 @@ class VirtualUser:
             detail = getattr(response, outcome).message if outcome else "empty response"
             worker.record_error((outcome or "empty-response").replace("_", "-"), detail, self)
 
-    def _subscribe(self, client: WireClient) -> None:
+    async def _subscribe(self, client: WireClient) -> None:
         """From now on the connection's reader hands each stream item to the worker.
 
         The stream ending or failing ends the session (the client raises),
-        and the error is classified like any other.
+        and the error is classified like any other. A v2 subscriber loads the
+        SocialService module on the same port and opens its connectivity
+        stream instead (what today's explorers do).
         """
         worker = self.worker
+        procedure = decode = None
+        if worker.config.subscribe_protocol == "v2":
+            procedures = await client.load_module(SOCIAL_SERVICE)
+            procedure = procedures[SUBSCRIBE_CONNECTIVITY]
+            decode = decode_connectivity_update
         self.view = {}
         worker.counters.subscribed += 1
         self.since = time.monotonic()
         on_updates = worker.on_updates
-        client.subscribe(lambda batch, now: on_updates(self, batch, now))
+        client.subscribe(lambda batch, now: on_updates(self, batch, now), procedure, decode)
 
     def _attempt_done(self) -> None:
         if not self.attempted:

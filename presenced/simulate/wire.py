@@ -70,6 +70,12 @@ _ACK_TAIL = b"\x40\x01"
 
 # (updates, arrival time from time.monotonic()) -> None
 BatchCallback = Callable[[Any, float], None]
+# A stream item's payload -> the updates handed to the BatchCallback.
+ItemDecoder = Callable[[bytes], Any]
+
+
+def _presence_updates(payload: bytes) -> Any:
+    return _decode_updates(payload).updates
 
 
 class StreamEndedError(Exception):
@@ -102,6 +108,7 @@ class WireClient:
         self._stream_ended = False
         self._last_seq = 0
         self._on_batch: BatchCallback | None = None
+        self._decode_items: ItemDecoder = _presence_updates
         self._item_head: bytes | None = None
         self._ack_head = b""
 
@@ -207,17 +214,31 @@ class WireClient:
         assert isinstance(result, ResponseReceived)
         return _decode_response(result.payload)
 
-    def subscribe(self, on_batch: BatchCallback) -> None:
+    async def load_module(self, name: str) -> dict[str, int]:
+        """Load another module on this connection's port: its procedure ids by name."""
+        loaded = await self._request(self._rpc.request_module(self.port_id, name))
+        assert isinstance(loaded, ModuleLoaded)
+        return dict(loaded.procedures)
+
+    def subscribe(self, on_batch: BatchCallback, procedure: int | None = None,
+                  decode: ItemDecoder | None = None) -> None:
         """Subscribe to friends' updates: `on_batch(updates, arrival)` runs for each
         stream item, in the reader, and the item is acknowledged when it returns.
+
+        By default the stream is PresenceService's subscription; another
+        server stream is `procedure` (an id from `load_module`) with `decode`
+        turning each item's payload into what `on_batch` gets.
 
         The stream ending, a remote error on it, or the server closing the
         connection then fails the whole connection (the `async with` raises),
         as a listener task awaiting the next item would.
         """
         self._on_batch = on_batch
-        number = self._stream_number = self._rpc.call(self.port_id,
-                                                      self.procedures[SUBSCRIBE])
+        if decode is not None:
+            self._decode_items = decode
+        if procedure is None:
+            procedure = self.procedures[SUBSCRIBE]
+        number = self._stream_number = self._rpc.call(self.port_id, procedure)
         port = _pack_u32(self.port_id)
         # Fields 1 to 4's tag of this stream's items, and of our ACKs.
         self._item_head = (b"\x0d" + _pack_u32(pack_id(MessageType.STREAM_MESSAGE, number))
@@ -292,7 +313,7 @@ class WireClient:
             if n < 0x80 and len(data) == 17 + n and self._on_batch is not None:
                 seq = _unpack_u32(data, 11)[0]
                 self._last_seq = seq
-                self._on_batch(_decode_updates(data[17:]).updates, time.monotonic())
+                self._on_batch(self._decode_items(data[17:]), time.monotonic())
                 if not self._transport.send_binary(  # type: ignore[union-attr]
                         self._ack_head + _pack_u32(seq) + _ACK_TAIL):
                     raise ConnectionEnded(_ABNORMAL, "send queue full: the server does not read")
@@ -302,7 +323,7 @@ class WireClient:
             if kind is StreamItem:
                 if event.number == stream and self._on_batch is not None:
                     self._last_seq = event.seq
-                    self._on_batch(_decode_updates(event.payload).updates, time.monotonic())
+                    self._on_batch(self._decode_items(event.payload), time.monotonic())
                     self._rpc.ack(stream, event.seq)
                     self._flush()
             elif kind is StreamOffered:
@@ -325,6 +346,12 @@ class WireClient:
                     trio.lowlevel.reschedule(task, Value(event))
 
     # ------------------------------------------------------------ the end
+
+    def drop(self) -> None:
+        """Lose the connection as a network failure would: no close frame, no stream
+        cancel; the socket just closes and the server sees the TCP connection end."""
+        self._end(_ABNORMAL, "dropped by the client", by_server=False)
+        self._abort()
 
     def _end(self, code: int | None, reason: str | None, by_server: bool) -> None:
         """Nothing more will be read: wake every waiting call with the close."""
@@ -371,4 +398,4 @@ class WireClient:
             transport.abort()
 
 
-__all__ = ["BatchCallback", "StreamEndedError", "WireClient"]
+__all__ = ["BatchCallback", "ItemDecoder", "StreamEndedError", "WireClient"]

@@ -44,6 +44,7 @@ from presenced.simulate.measure import (
     ONLINE,
     SENDER_SHIFT,
     UNKNOWN,
+    Counters,
     Histogram,
     Matcher,
     ReceiptBuffer,
@@ -77,22 +78,9 @@ class WorkerSpec:
     users: tuple[tuple[int, int, bool], ...]
     # Users that never connect: this worker only derives their addresses.
     offline: tuple[int, ...]
-
-
-class Counters:
-    """Running totals; the parent sums the latest copy of every worker's."""
-
-    FIELDS = ("login_attempts", "logins", "login_errors", "connected", "subscribed",
-              "heartbeats", "heartbeats_accepted", "updates", "foreign_updates",
-              "churn_disconnects")
-    __slots__ = FIELDS
-
-    def __init__(self) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+    # With several --target URLs: each graph user's target index (-1 for users
+    # who never connect), so a receipt knows whether it crossed daemons.
+    target_of: bytes = b""
 
 
 class GcWatch:
@@ -149,11 +137,12 @@ class Worker:
         self.local = frozenset(index for index, _, _ in spec.users)
         self.index_of: dict[str, int] = {}
         self.realm_ids = {name: i for i, name in enumerate(config.realms)}
+        self.target_of = spec.target_of
         self.users = []
         for index, order, subscriber in spec.users:
             target, source = connection_slot(config, order)
             self.users.append(VirtualUser(self, index, identities[index], target, source,
-                                          subscriber))
+                                          subscriber, order % len(config.targets)))
         self.alarms = Alarms()
         self.stopping = False
         self.exiting = False
@@ -164,6 +153,14 @@ class Worker:
         # Counters and CPU when the load phase started and stopped, taken
         # here: the parent's copies can be late when this loop is busy.
         self.marks: dict[str, dict[str, Any]] = {}
+        # The reconnect storm (--storm-at): when every connection was dropped,
+        # how many, each user's seconds until logged in again, and the
+        # friends seen OFFLINE afterwards (sender indices).
+        self.storm_at: float | None = None
+        self.storm_dropped = 0
+        self.storm_back_users = array("q")
+        self.storm_back_s = array("d")
+        self.storm_offline = array("q")
 
     # ------------------------------------------------------------ main loop
 
@@ -178,6 +175,7 @@ class Worker:
                 if message[0] == "go":
                     self.index_of = {address: i for i, address in enumerate(message[1])}
                     async with trio.open_nursery() as root:
+                        self._root = root
                         root.start_soon(self.alarms.run)
                         root.start_soon(self._control)
                         root.start_soon(self._reporter)
@@ -219,6 +217,8 @@ class Worker:
                 # gc.collect() first: with 5,000 connections it pauses ~1 s.)
                 gc.freeze()
                 self.gc.reset()
+                if self.config.storm_at_s is not None:
+                    self._root.start_soon(self._storm, message[1] + self.config.storm_at_s)
             elif what == "stop":
                 self.marks["stop"] = self._mark()
                 self._stop()
@@ -230,6 +230,18 @@ class Worker:
                 self.exiting = True
                 self.exit_event.set()
                 return
+
+    async def _storm(self, at: float) -> None:
+        """Drop every live connection at once (`at` is a time.monotonic() shared by
+        all worker processes); each user logs in again within --storm-spread."""
+        await trio.sleep(max(0.0, at - time.monotonic()))
+        if self.stopping:
+            return
+        now = time.monotonic()
+        self.storm_at = now
+        self.storm_dropped = sum(1 for user in self.users if user.drop(now))
+        # Wake the dropped users (the others go back to sleep: see sleep_until).
+        self.alarms.wake_all()
 
     def _stop(self) -> None:
         if not self.stopping:
@@ -264,12 +276,19 @@ class Worker:
 
     # ------------------------------------------------- called by the users
 
-    async def sleep_until(self, deadline: float) -> bool:
-        """Sleep until `deadline` (trio time); True if the run stopped meanwhile."""
-        if self.stopping:
-            return True
-        await self.alarms.sleep_until(deadline)
+    async def sleep_until(self, deadline: float, user: VirtualUser | None = None) -> bool:
+        """Sleep until `deadline` (trio time), or until the storm drops `user`'s
+        connection; True if the run stopped meanwhile."""
+        while not self.stopping:
+            await self.alarms.sleep_until(deadline)
+            if trio.current_time() >= deadline or (user is not None
+                                                    and user.dropped_at is not None):
+                break
         return self.stopping
+
+    def back_after_storm(self, user: VirtualUser, seconds: float) -> None:
+        self.storm_back_users.append(user.index)
+        self.storm_back_s.append(seconds)
 
     def attempt_done(self) -> None:
         self.attempts += 1
@@ -317,6 +336,9 @@ class Worker:
         local = self.local
         match = self.matcher.match
         remote = self.receipts.add
+        target_of = self.target_of
+        mine = user.target_index
+        storm_at = self.storm_at
         for update in batch:
             sender = index_of.get(update.address)
             if sender is None:
@@ -340,12 +362,15 @@ class Worker:
             else:
                 key = OFFLINE
                 view.pop(sender, None)
+                if storm_at is not None and now >= storm_at:
+                    self.storm_offline.append(sender)
             full = (sender << SENDER_SHIFT) | key
+            cross = int(target_of[sender] != mine) if target_of else 0
             if sender in local:
-                if not match(full, now, since):
+                if not match(full, now, since, cross):
                     self.matcher.unmatched += 1
             else:
-                remote(full, now, since)
+                remote(full, now, since, cross)
 
     # ------------------------------------------------------------ reports
 
@@ -364,7 +389,8 @@ class Worker:
             "counters": self.counters.as_dict(),
             "errors": dict(self.errors),
             "samples": {k: list(v) for k, v in self.error_samples.items()},
-            "histograms": (*(h.take() for h in matcher.histograms), self.login_latency.take()),
+            "histograms": (*(h.take() for h in matcher.histograms), self.login_latency.take(),
+                           matcher.cross.take()),
             "matched": list(matcher.matched),
             "excluded": matcher.excluded,
             "unmatched": matcher.unmatched,
@@ -392,7 +418,10 @@ class Worker:
                 friends.extend(view.keys())
                 seen.extend(view.values())
         return {"indices": indices, "keys": keys, "receivers": receivers, "counts": counts,
-                "friends": friends, "seen": seen}
+                "friends": friends, "seen": seen,
+                "storm_dropped": array("q", [self.storm_dropped]),
+                "storm_back_users": self.storm_back_users, "storm_back_s": self.storm_back_s,
+                "storm_offline": self.storm_offline}
 
 
 def worker_main(spec: WorkerSpec, to_parent: Connection, from_parent: Connection) -> None:

@@ -10,12 +10,14 @@ changes to its engine directly, so nothing it does comes back to it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
+from presenced.histogram import Histogram
 from presenced.model import Presence, PresenceOp
 
 
@@ -70,12 +72,69 @@ class StoreUnavailable(Exception):
     """The shared store cannot be reached; the operation was not applied."""
 
 
+@dataclass(slots=True)
+class StoreStats:
+    """A store's counters, read by the metrics layer (from the trio thread).
+
+    `shared`: the store is shared with other instances through Redis; only
+    such a store has the `presenced_redis_*` metrics, the embedded store's
+    counters stay at zero.
+    """
+
+    shared: bool = False
+    # Failed calls to the shared store, by kind (`flush`, `listener` (the
+    # change feed dropped), `resync`, `read`, `claim`, `friends`, `audit`;
+    # `internal` counts bugs caught so that they cannot stop the daemon).
+    errors: Counter[str] = field(default_factory=Counter)
+    # Times the store went from healthy to unhealthy.
+    outages: int = 0
+    # Batches of presence changes written, and the changes in them.
+    flushes: int = 0
+    writes_flushed: int = 0
+    # Seconds per batch written.
+    flush_latency: Histogram = field(default_factory=Histogram)
+    # Change messages received from other instances, and the changes in them.
+    messages_received: int = 0
+    events_received: int = 0
+    # Full resynchronisations by reason (`start`, `feed-reconnected`,
+    # `recovered`, `epoch`, `gap`, `audit`, `error`, `requested`), and how
+    # long the last one took (read and decode).
+    resyncs: Counter[str] = field(default_factory=Counter)
+    last_resync_seconds: float = 0.0
+    # Periodic change-feed audits that came back clean.
+    audits: int = 0
+    # Changes waiting for the next flush (grows while the store is away).
+    pending_writes: int = 0
+
+
+class FriendsSource(Protocol):
+    """Where friendships come from (the `--friends` file, PostgreSQL).
+
+    A store that may lose friendships (a Redis restarted without persistence)
+    rebuilds them from its registered source; see `Store.set_friends_source`.
+    """
+
+    @property
+    def name(self) -> str:
+        """What to call the source in logs, e.g. "friends file /etc/friends.csv"."""
+        ...
+
+    def batches(self) -> AsyncIterator[Sequence[Friendship]]:
+        """Every friendship of the source, in batches of a few thousand pairs."""
+        ...
+
+
 class Store(Protocol):
     instance_id: str
 
     @property
     def healthy(self) -> bool:
         """False while the store cannot be reached (the instance is degraded)."""
+        ...
+
+    @property
+    def stats(self) -> StoreStats:
+        """The store's counters, current as of the call."""
         ...
 
     async def run(
@@ -104,6 +163,21 @@ class Store(Protocol):
 
     async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
         """Remove friendships; returns those that existed (normalized a < b)."""
+        ...
+
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
+        """Add friendships in bulk, idempotently; returns how many were new.
+
+        For loading a friends source before this instance takes connections:
+        other instances hear of the new pairs as of any change, this one's
+        engine is not told (it has no sessions yet, and a big load would cost
+        it seconds for nothing).
+        """
+        ...
+
+    def set_friends_source(self, source: FriendsSource | None) -> None:
+        """Register where friendships come from. A store that can lose them
+        (Redis restarted empty) reloads the source when it notices."""
         ...
 
     async def get_presence(self, address: str) -> Presence | None:

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 import trio
 
 from presenced.model import Presence, PresenceOp, PresenceWrite
-from presenced.store.base import EventSink, Friendship, ordered_pair
+from presenced.store.base import EventSink, Friendship, FriendsSource, StoreStats, ordered_pair
 
 
 class MemoryStore:
     def __init__(self, instance_id: str | None = None) -> None:
         self.instance_id = instance_id or secrets.token_hex(6)
+        self.stats = StoreStats()
         self._friends: dict[str, set[str]] = {}
         # By time of the last write, oldest first, so expiry pops the front.
         self._presence: OrderedDict[str, Presence] = OrderedDict()
@@ -44,8 +45,7 @@ class MemoryStore:
 
     # ------------------------------------------------------------- friendships
 
-    def load_friendships(self, pairs: Iterable[Friendship]) -> int:
-        """Bulk load at start-up (the `--friends` file); returns how many were new."""
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
         added = 0
         friends = self._friends
         for a, b in pairs:
@@ -60,6 +60,10 @@ class MemoryStore:
 
     def cached_friends(self, address: str) -> frozenset[str] | None:
         return frozenset(self._friends.get(address, ()))
+
+    def set_friends_source(self, source: FriendsSource | None) -> None:
+        # Friendships live as long as the process: nothing to rebuild them for.
+        pass
 
     async def friends_of(self, address: str) -> frozenset[str]:
         return frozenset(self._friends.get(address, ()))

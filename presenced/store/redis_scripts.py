@@ -191,7 +191,7 @@ return {epoch, claimed, #due / 2, seq}
 """
 
 # ARGV: prefix, me, epoch candidate, op ('+' or '-'), then pairs a, b.
-# Returns {epoch, indexes (1-based) of the pairs that changed}.
+# Returns {epoch, indexes (1-based) of the pairs that changed, seq}.
 FRIENDS = _PRELUDE + """
 local me = ARGV[2]
 local epoch = current_epoch(ARGV[3])
@@ -206,8 +206,8 @@ for i = 5, #ARGV, 2 do
     entries[#entries + 1] = entry(add and 'F' or 'f', a, b)
   end
 end
-publish(me, epoch, entries)
-return {epoch, changed}
+local seq = publish(me, epoch, entries)
+return {epoch, changed, seq}
 """
 
 # ARGV: prefix, me, epoch candidate, now_ms, ttl_ms, grace_ms, dead_after_ms.
