@@ -235,6 +235,30 @@ async def read_to_eof(sock: socket.socket) -> bytes:
     return await trio.to_thread.run_sync(read)
 
 
+async def test_a_peer_thrown_out_is_not_read_any_further(nursery, poller):
+    from wsproto.frame_protocol import FrameProtocol
+
+    server = await start_server(nursery, poller, echo=False)
+    raw = await raw_client(server.port)
+    serving = await server.next_handler()
+    serving.transport.close(1008, "too many messages", discard_input=True)
+    # The close frame arrives, then the end of our side: nothing more will come.
+    data = await read_to_eof(raw)
+    frames = FrameProtocol(client=True, extensions=[])
+    frames.receive_bytes(data)
+    (close,) = list(frames.received_frames())
+    assert close.payload == (1008, "too many messages")
+    # What the peer keeps sending is dropped unread, and never delivered.
+    flood = b"".join(masked_frame(0x2, b"x" * 20, 0x01020304) for _ in range(1000))
+    raw.sendall(flood)
+    await trio.testing.wait_all_tasks_blocked()
+    assert serving.messages == [] and not serving.transport.closed
+    raw.close()
+    with trio.fail_after(10):
+        await serving.closed.wait()
+    assert serving.closed_with[0] == 1006 and serving.transport.closed
+
+
 async def test_a_bad_handshake_gets_a_400_and_the_connection_ends(nursery, poller):
     server = await start_server(nursery, poller)
     raw = await raw_client(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

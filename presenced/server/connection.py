@@ -64,6 +64,9 @@ _ESTABLISHED = Phase.ESTABLISHED
 _ENDED = Phase.ENDED
 _current_time = trio.current_time
 
+# Kills for what the client sent: its further input is dropped unread.
+_ABUSE = frozenset({Close.FLOOD, Close.HEARTBEAT_FLOOD, Close.PROTOCOL_ERROR})
+
 # Causes not worth a log line each: the normal ends, and the login failures (logged when
 # refused, or counted: a flood of silent sockets must not flood the log).
 _QUIET = frozenset({Close.CLIENT, Close.SHUTDOWN, Close.UNAUTHORIZED, Close.AUTH_TIMEOUT,
@@ -275,7 +278,8 @@ class Connection:
             for scope in tasks:
                 scope.cancel()
         if killed is not None:
-            transport.close(cause.code, cause.text(killed[1]))
+            # A client thrown out for what it sent is not read any further.
+            transport.close(cause.code, cause.text(killed[1]), discard_input=cause in _ABUSE)
         session = self.session
         if session is not None:
             if killed is not None:

@@ -110,7 +110,7 @@ class Transport:
 
     __slots__ = ("sock", "fd", "codec", "handler", "poller", "spawn", "queue_limit_bytes",
                  "close_timeout_s", "opened", "handshake_error", "failed_with", "tls", "_state",
-                 "_handshake",
+                 "_handshake", "_discarding",
                  "_pending", "_writing", "_then", "_notified", "_timer", "_done", "__weakref__")
 
     def __init__(self, sock: socket.socket, codec: Codec,
@@ -142,6 +142,8 @@ class Transport:
         self._then = _THEN_NOTHING
         self._notified = False
         self._timer = False
+        # After close(discard_input=True): input is read and dropped, unparsed.
+        self._discarding = False
         self._done: trio.Event | None = None
 
     # ------------------------------------------------------------ state
@@ -212,8 +214,16 @@ class Transport:
 
     # ------------------------------------------------------------- closing
 
-    def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
-        """Start the closing handshake (see the module docstring); returns at once."""
+    def close(self, code: int = NORMAL_CLOSURE, reason: str = "", *,
+              discard_input: bool = False) -> None:
+        """Start the closing handshake (see the module docstring); returns at once.
+
+        `discard_input`: for a peer being thrown out (a flood, garbage): what it sends from
+        now on is read and dropped without being parsed, our write side is shut once the
+        close frame is out, and the socket is closed when the peer's stream ends (or at the
+        timeout), so a peer that keeps sending costs a `recv()` per poll, not a frame parse
+        per message, for as long as the closing takes.
+        """
         state = self._state
         if state is _HANDSHAKE or state is _TLS_HANDSHAKE:
             self._notify(ABNORMAL_CLOSURE, "closed during the handshake")
@@ -223,6 +233,9 @@ class Transport:
             # A close frame is tiny and sent once: it may pass the bound.
             self._write(self.codec.close(code, reason))
             self._start_timer()
+            if discard_input:
+                self._discarding = True
+                self._after_flush(_THEN_SHUTDOWN)
 
     async def aclose(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
         """`close()`, then wait until the socket is closed."""
@@ -271,6 +284,10 @@ class Transport:
         state = self._state
         if state is _HANDSHAKE:
             self._on_handshake_data(data)
+        elif self._discarding:
+            if not data:
+                self._notify(ABNORMAL_CLOSURE, "the peer's stream ended after our close")
+                self._teardown()
         elif state is _OPEN or state is _CLOSING and self.opened:
             codec = self.codec
             if data:
