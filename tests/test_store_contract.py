@@ -13,7 +13,7 @@ import pytest
 from presenced.engine import EngineConfig
 from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
-from presenced.store.base import Store
+from presenced.store.base import BlockChanged, BlockLists, FriendshipChanged, Store
 from presenced.store.memory import MemoryStore
 
 TTL = 1_000
@@ -59,10 +59,13 @@ async def store(backend, nursery):
 
 async def test_add_friendships_returns_only_new_pairs_normalized(store: Store):
     added = await store.add_friendships([("0xb", "0xa"), ("0xa", "0xc"), ("0xa", "0xa")])
-    assert sorted(added) == [("0xa", "0xb"), ("0xa", "0xc")]
-    assert await store.add_friendships([("0xa", "0xb"), ("0xb", "0xa")]) == []
+    assert sorted(added.changed) == [("0xa", "0xb"), ("0xa", "0xc")]
+    assert sorted(added.events, key=lambda e: e.b) == [
+        FriendshipChanged("0xa", "0xb", True), FriendshipChanged("0xa", "0xc", True)]
+    again = await store.add_friendships([("0xa", "0xb"), ("0xb", "0xa")])
+    assert again.changed == [] and again.events == [] and not again
     again = await store.add_friendships([("0xc", "0xd"), ("0xd", "0xc")])
-    assert again == [("0xc", "0xd")]
+    assert again.changed == [("0xc", "0xd")]
 
 
 async def test_friends_of_is_symmetric(store: Store):
@@ -77,8 +80,9 @@ async def test_remove_friendships_returns_only_existing_pairs(store: Store):
     # Read once so that a caching store has something to keep current.
     assert await store.friends_of("0xb") == {"0xa"}
     removed = await store.remove_friendships([("0xb", "0xa"), ("0xa", "0xz"), ("0xa", "0xa")])
-    assert removed == [("0xa", "0xb")]
-    assert await store.remove_friendships([("0xa", "0xb")]) == []
+    assert removed.changed == [("0xa", "0xb")]
+    assert removed.events == [FriendshipChanged("0xa", "0xb", False)]
+    assert (await store.remove_friendships([("0xa", "0xb")])).changed == []
     assert await store.friends_of("0xa") == {"0xc"}
     assert await store.friends_of("0xb") == frozenset()
 
@@ -89,6 +93,83 @@ async def test_friends_of_sees_own_changes_after_caching(store: Store):
     assert await store.friends_of("0xa") == {"0xb"}
     await store.remove_friendships([("0xb", "0xa")])
     assert await store.friends_of("0xa") == frozenset()
+
+
+# ---------------------------------------------------------------------- blocks
+
+
+@pytest.fixture
+def blocking_store(store, backend):
+    if backend is not None:
+        pytest.skip("blocks in the Redis store come with the store refactor (step 2)")
+    return store
+
+
+async def test_block_between_friends_ends_the_effective_friendship(blocking_store: Store):
+    store = blocking_store
+    await store.add_friendships([("0xa", "0xb"), ("0xa", "0xc")])
+    changes = await store.add_blocks([("0xb", "0xa")])
+    assert changes.changed == [("0xb", "0xa")]
+    assert changes.events == [FriendshipChanged("0xa", "0xb", False),
+                              BlockChanged("0xb", "0xa", True)]
+    # Hidden both ways, whoever blocked.
+    assert await store.friends_of("0xa") == {"0xc"}
+    assert await store.friends_of("0xb") == frozenset()
+    assert await store.block_status("0xa", "0xb") == (False, True)
+    assert await store.block_status("0xb", "0xa") == (True, False)
+    assert await store.blocks_of("0xb") == BlockLists(frozenset({"0xa"}), frozenset())
+    assert await store.blocks_of("0xa") == BlockLists(frozenset(), frozenset({"0xb"}))
+    # Idempotent.
+    again = await store.add_blocks([("0xb", "0xa")])
+    assert again.changed == [] and again.events == []
+
+
+async def test_unblocking_restores_the_friendship_only_after_the_last_block(
+    blocking_store: Store,
+):
+    store = blocking_store
+    await store.add_friendships([("0xa", "0xb")])
+    await store.add_blocks([("0xa", "0xb")])
+    # The second direction changes the blocks, not the (already hidden) friendship.
+    both = await store.add_blocks([("0xb", "0xa")])
+    assert both.events == [BlockChanged("0xb", "0xa", True)]
+    one = await store.remove_blocks([("0xa", "0xb")])
+    assert one.changed == [("0xa", "0xb")]
+    assert one.events == [BlockChanged("0xa", "0xb", False)]
+    assert await store.friends_of("0xa") == frozenset()
+    last = await store.remove_blocks([("0xb", "0xa"), ("0xb", "0xa"), ("0xz", "0xa")])
+    assert last.changed == [("0xb", "0xa")]
+    assert last.events == [BlockChanged("0xb", "0xa", False),
+                           FriendshipChanged("0xa", "0xb", True)]
+    assert await store.friends_of("0xa") == {"0xb"}
+    assert await store.friends_of("0xb") == {"0xa"}
+    assert await store.block_status("0xa", "0xb") == (False, False)
+
+
+async def test_friendships_changed_under_a_block_have_no_effective_event(
+    blocking_store: Store,
+):
+    store = blocking_store
+    await store.add_blocks([("0xa", "0xb")])
+    added = await store.add_friendships([("0xb", "0xa")])
+    assert added.changed == [("0xa", "0xb")] and added.events == []
+    assert await store.friends_of("0xa") == frozenset()
+    removed = await store.remove_friendships([("0xa", "0xb")])
+    assert removed.changed == [("0xa", "0xb")] and removed.events == []
+    # Unblocking restores nothing: the friendship is gone.
+    unblocked = await store.remove_blocks([("0xa", "0xb")])
+    assert unblocked.events == [BlockChanged("0xa", "0xb", False)]
+    assert await store.friends_of("0xa") == frozenset()
+
+
+async def test_blocks_without_friendship_and_self_blocks(blocking_store: Store):
+    store = blocking_store
+    changes = await store.add_blocks([("0xa", "0xb"), ("0xa", "0xa"), ("0xa", "0xc")])
+    assert changes.changed == [("0xa", "0xb"), ("0xa", "0xc")]
+    assert changes.events == [BlockChanged("0xa", "0xb", True), BlockChanged("0xa", "0xc", True)]
+    assert await store.blocks_of("0xa") == BlockLists(frozenset({"0xb", "0xc"}), frozenset())
+    assert await store.blocks_of("0xnobody") == BlockLists(frozenset(), frozenset())
+    assert (await store.remove_blocks([("0xa", "0xa")])).changed == []
 
 
 # -------------------------------------------------------------------- presence

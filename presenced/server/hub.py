@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -21,9 +21,12 @@ from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
 from presenced.server.metrics import Metrics
 from presenced.store.base import (
+    Block,
+    BlockChanged,
     Expired,
     Friendship,
     FriendshipChanged,
+    GraphEvent,
     RemoteLeave,
     RemotePresence,
     Resync,
@@ -69,6 +72,9 @@ class Hub:
         self.listen_port = 0
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
+        # Called with every block added or removed, here or elsewhere (the
+        # v2 module's block updates); friendships go to the engine.
+        self.block_listeners: list[Callable[[BlockChanged], None]] = []
 
     def now_ms(self) -> int:
         assert self._clock is not None, "Hub.run() has not started"
@@ -141,11 +147,8 @@ class Hub:
                 engine.apply_remote_leave(event.address, event.instance, now)
             elif isinstance(event, Expired):
                 engine.apply_expired(event.address, now)
-            elif isinstance(event, FriendshipChanged):
-                if event.added:
-                    engine.add_friendship(event.a, event.b)
-                else:
-                    engine.remove_friendship(event.a, event.b, now)
+            elif isinstance(event, (FriendshipChanged, BlockChanged)):
+                self.apply_graph_events((event,))
             elif isinstance(event, Resync):
                 self._resync(event)
 
@@ -164,17 +167,40 @@ class Hub:
     # --------------------------------------------------------- admin actions
 
     async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        added = await self.store.add_friendships(pairs)
-        for a, b in added:
-            self.engine.add_friendship(a, b)
-        return added
+        """Add friendships to the store and apply them here; returns the new ones."""
+        changes = await self.store.add_friendships(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
 
     async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        removed = await self.store.remove_friendships(pairs)
+        changes = await self.store.remove_friendships(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
+
+    async def add_blocks(self, pairs: Iterable[Block]) -> list[Block]:
+        """Add blocks (blocker, blocked); returns the new ones."""
+        changes = await self.store.add_blocks(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
+
+    async def remove_blocks(self, pairs: Iterable[Block]) -> list[Block]:
+        changes = await self.store.remove_blocks(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
+
+    def apply_graph_events(self, events: Iterable[GraphEvent]) -> None:
+        """Effective friendships to the engine, blocks to whoever listens."""
+        engine = self.engine
         now = self.now_ms()
-        for a, b in removed:
-            self.engine.remove_friendship(a, b, now)
-        return removed
+        for event in events:
+            if isinstance(event, FriendshipChanged):
+                if event.added:
+                    engine.add_friendship(event.a, event.b)
+                else:
+                    engine.remove_friendship(event.a, event.b, now)
+            else:
+                for listener in self.block_listeners:
+                    listener(event)
 
     def inject_presence(self, address: str, position: Position | None) -> None:
         self.engine.inject(address, position, self.now_ms())

@@ -11,8 +11,8 @@ changes to its engine directly, so nothing it does comes back to it twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -44,8 +44,25 @@ class Expired:
 
 @dataclass(frozen=True, slots=True)
 class FriendshipChanged:
+    """An *effective* friendship appeared or ended (`a < b`).
+
+    Effective: the friendship is stored and no block exists in either
+    direction. Blocking a friend therefore ends the effective friendship and
+    unblocking restores it, so every stream and list follows blocks through
+    the same path as friendship changes.
+    """
+
     a: str
     b: str
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanged:
+    """`blocker` started (`added`) or stopped blocking `blocked`."""
+
+    blocker: str
+    blocked: str
     added: bool
 
 
@@ -60,10 +77,39 @@ class Resync:
     reason: str
 
 
-StoreEvent = RemotePresence | RemoteLeave | Expired | FriendshipChanged | Resync
+StoreEvent = RemotePresence | RemoteLeave | Expired | FriendshipChanged | BlockChanged | Resync
 EventSink = Callable[[Sequence[StoreEvent]], None]
 
 Friendship = tuple[str, str]
+# (blocker, blocked): a block has a direction.
+Block = tuple[str, str]
+GraphEvent = FriendshipChanged | BlockChanged
+
+
+@dataclass(slots=True)
+class GraphChanges:
+    """What one change of friendships or blocks did.
+
+    `changed`: the stored pairs whose state changed (friendships normalized
+    `a < b`, blocks as `(blocker, blocked)`); an idempotent repeat changes
+    nothing. `events`: what this instance must apply to its own engine, in
+    order: the effective friendships that appeared or ended, and the blocks
+    added or removed. A friendship added under a block is `changed` without
+    an event; a block between friends ends their effective friendship.
+    """
+
+    changed: list[tuple[str, str]] = field(default_factory=list)
+    events: list[GraphEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changed)
+
+
+class BlockLists(NamedTuple):
+    """Whom a user blocks, and who blocks them."""
+
+    blocking: frozenset[str]
+    blocked_by: frozenset[str]
 
 
 class StoreUnavailable(Exception):
@@ -92,15 +138,31 @@ class Store(Protocol):
         """Record a presence change of this instance. Never blocks, never raises."""
         ...
 
-    async def friends_of(self, address: str) -> frozenset[str]: ...
-
-    async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        """Add friendships; returns those that did not exist yet (normalized a < b)."""
+    async def friends_of(self, address: str) -> frozenset[str]:
+        """The user's effective friends: friendships without a block either way."""
         ...
 
-    async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        """Remove friendships; returns those that existed (normalized a < b)."""
+    async def add_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
+        """Add friendships; `changed` holds those that did not exist yet (a < b)."""
         ...
+
+    async def remove_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
+        """Remove friendships; `changed` holds those that existed (a < b)."""
+        ...
+
+    async def add_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        """Add blocks (blocker, blocked); `changed` holds those that were new."""
+        ...
+
+    async def remove_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        """Remove blocks; `changed` holds those that existed."""
+        ...
+
+    async def block_status(self, a: str, b: str) -> tuple[bool, bool]:
+        """(a blocks b, b blocks a)."""
+        ...
+
+    async def blocks_of(self, address: str) -> BlockLists: ...
 
     async def get_presence(self, address: str) -> Presence | None:
         """The user's shared presence if online anywhere, else None."""

@@ -30,6 +30,7 @@ from presenced.store.base import (
     Expired,
     Friendship,
     FriendshipChanged,
+    GraphChanges,
     Resync,
     StoreEvent,
     StoreUnavailable,
@@ -914,18 +915,18 @@ class RedisStore:
         self._cache_friends(address, friends)
         return frozenset(friends)
 
-    async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
+    async def add_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
         return await self._change_friendships(pairs, added=True)
 
-    async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
+    async def remove_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
         return await self._change_friendships(pairs, added=False)
 
     async def _change_friendships(
         self, pairs: Iterable[Friendship], added: bool
-    ) -> list[Friendship]:
+    ) -> GraphChanges:
         todo = [(a, b) for a, b in pairs if a != b]
         if not todo:
-            return []
+            return GraphChanges()
         # Refused rather than queued while Redis is away: a queued change could
         # silently conflict with one made elsewhere meanwhile, and the caller
         # (the admin API) can tell its client to retry (503).
@@ -939,11 +940,13 @@ class RedisStore:
                 f"Redis unavailable: friendships may not have been changed ({e})") from e
         self._succeeded()
         self._check_epoch(epoch)
-        result = []
+        result = GraphChanges()
         for i in changed:
-            a, b = todo[i]
-            self._apply_friendship(FriendshipChanged(a, b, added))
-            result.append(ordered_pair(a, b))
+            a, b = ordered_pair(*todo[i])
+            event = FriendshipChanged(a, b, added)
+            self._apply_friendship(event)
+            result.changed.append((a, b))
+            result.events.append(event)
         return result
 
     def _friends_sync(self, pairs: list[Friendship], added: bool) -> tuple[list[int], str]:
