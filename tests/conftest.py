@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.admin import redis_store_available
 from tests.support.daemon import Daemon
+from tests.support.postgres import SocialDatabase, postgres_unavailable
 from tests.support.redis_server import RedisServer
 
 # ------------------------------------------------- admin endpoint and CLI tests
@@ -62,3 +63,20 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# ------------------------------------------------- friends database (PostgreSQL)
+
+
+@pytest.fixture
+def social_db() -> Iterator[SocialDatabase]:
+    """A database of our own on the PostgreSQL at 127.0.0.1:5432, with the social
+    service's schema; dropped afterwards. Skipped (saying why) if no server answers."""
+    missing = postgres_unavailable()
+    if missing is not None:
+        pytest.skip(missing)
+    db = SocialDatabase().create()
+    try:
+        yield db
+    finally:
+        db.drop()

@@ -1,10 +1,11 @@
 """The layers of presenced, read from the source with `ast` (nothing is imported).
 
 From the bottom: the model, the wire (rpc) and authentication; the engine;
-the stores; the server; the command line, the simulator and the client at
-the top. A module may import its own layer or a lower one, never a higher
-one: a store that imported the server could not be used (or tested)
-without it, and any change to the server would ripple down.
+the stores; the friends database source (graph); the server; the command
+line, the simulator and the client at the top. A module may import its own
+layer or a lower one, never a higher one: a store that imported the server
+could not be used (or tested) without it, and any change to the server
+would ripple down.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ TOP = ("presenced.server", "presenced.cli", "presenced.simulate", "presenced.cli
 # Source (a package directory or a module file, relative to presenced/) ->
 # modules it must not import (nor anything under them).
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "model.py": TOP,
-    "rpc": (*TOP, "presenced.engine", "presenced.store"),
-    "auth": (*TOP, "presenced.engine", "presenced.store"),
-    "engine": (*TOP, "presenced.store"),
-    "store": TOP,
+    "model.py": (*TOP, "presenced.graph"),
+    "rpc": (*TOP, "presenced.engine", "presenced.store", "presenced.graph"),
+    "auth": (*TOP, "presenced.engine", "presenced.store", "presenced.graph"),
+    "engine": (*TOP, "presenced.store", "presenced.graph"),
+    "store": (*TOP, "presenced.graph"),
+    # The friends database source: above the stores (it applies changes
+    # through their types), below the server (which gives it the hub).
+    "graph": TOP,
 }
 
 

@@ -20,8 +20,9 @@ app = typer.Typer(
          "`presenced serve` runs the daemon. The other commands are operator tools that "
          "talk to a running daemon through its admin endpoint (--admin-url, default "
          "http://127.0.0.1:8086; token in PRESENCED_ADMIN_TOKEN): who-online inspects a "
-         "user, friends edits friendships, seed loads friendship graphs and marks synthetic "
-         "users online, simulate puts realistic load on daemons and measures it.",
+         "user, friends and blocks edit friendships and blocks, seed loads friendship "
+         "graphs and marks synthetic users online, simulate puts realistic load on daemons "
+         "and measures it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -61,6 +62,33 @@ def _parse_bounds(text: str) -> tuple[int, int, int, int]:
     return min_x, min_y, max_x, max_y
 
 
+def _check_graph_options(
+    friends: Path | None, blocks: Path | None, friends_db: str | None,
+    social_events_url: str | None, publish_social_status: bool,
+) -> None:
+    if friends_db:
+        from presenced.graph.postgres import check_url
+
+        for given, name in ((friends, "--friends"), (blocks, "--blocks")):
+            if given is not None:
+                raise typer.BadParameter(
+                    f"the friends database is the one source of friendships and blocks: "
+                    f"drop {name}", param_hint="--friends-db")
+        problem = check_url(friends_db)
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--friends-db")
+    if social_events_url:
+        if not social_events_url.startswith(("redis://", "rediss://", "unix://")):
+            raise typer.BadParameter("expected redis://HOST:PORT/DB",
+                                     param_hint="--social-events-url")
+        if not friends_db and not publish_social_status:
+            raise typer.BadParameter("only used with --friends-db or --publish-social-status",
+                                     param_hint="--social-events-url")
+    elif publish_social_status:
+        raise typer.BadParameter("needs --social-events-url (the Redis to publish on)",
+                                 param_hint="--publish-social-status")
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(envvar=_env("HOST"),
@@ -71,6 +99,36 @@ def serve(
         envvar=_env("FRIENDS"), exists=True, dir_okay=False,
         help="Friendships to load at start (embedded store): CSV lines 'address_a,address_b', "
              "'#' comments, or JSON lines.")] = None,
+    blocks: Annotated[Path | None, typer.Option(
+        envvar=_env("BLOCKS"), exists=True, dir_okay=False,
+        help="Blocks to load at start: lines 'blocker,blocked' ('#' comments) or JSON lines. "
+             "A block either way hides two users from each other.")] = None,
+    friends_db: Annotated[str | None, typer.Option(
+        envvar=_env("FRIENDS_DB"), metavar="URL",
+        help="The social service's PostgreSQL (postgresql://USER@HOST:PORT/DB): the one "
+             "source of friendships and blocks, loaded at start and kept current "
+             "(docs/friends.md). Not with --friends or --blocks.")] = None,
+    friends_db_reconcile_interval: Annotated[float, typer.Option(
+        envvar=_env("FRIENDS_DB_RECONCILE_INTERVAL"), min=0.1, metavar="SECONDS",
+        help="Seconds between incremental passes over the friends database (rows changed "
+             "since the last pass).")] = 30.0,
+    friends_db_full_interval: Annotated[float, typer.Option(
+        envvar=_env("FRIENDS_DB_FULL_INTERVAL"), min=1, metavar="SECONDS",
+        help="Seconds between full comparisons with the friends database (every row).")
+    ] = 900.0,
+    friends_db_overlap: Annotated[float, typer.Option(
+        envvar=_env("FRIENDS_DB_OVERLAP"), min=0, metavar="SECONDS",
+        help="Incremental passes re-read rows changed this long before the previous pass "
+             "(transactions that commit late).")] = 120.0,
+    social_events_url: Annotated[str | None, typer.Option(
+        envvar=_env("SOCIAL_EVENTS_URL"), metavar="URL",
+        help="The social service's Redis (redis://HOST:PORT/DB, may be --redis-url's): its "
+             "friendship.updates and block.updates are applied as they come (with "
+             "--friends-db), and --publish-social-status publishes there.")] = None,
+    publish_social_status: Annotated[bool, typer.Option(
+        "--publish-social-status", envvar=_env("PUBLISH_SOCIAL_STATUS"),
+        help="Publish every online/offline transition on friend.status.updates of "
+             "--social-events-url, once across all instances.")] = False,
     redis_url: Annotated[str | None, typer.Option(
         envvar=_env("REDIS_URL"),
         help="Use the shared Redis store at this URL (redis://host:port/db) instead of the "
@@ -160,11 +218,13 @@ def serve(
 ) -> None:
     """Run the presence daemon."""
     from presenced.engine import EngineConfig
+    from presenced.graph.source import SourceUnavailable
     from presenced.server.app import ConfigError, run_until_signalled
     from presenced.server.config import ServerConfig
     from presenced.server.runtime import setup_logging, tune_gc
 
     min_x, min_y, max_x, max_y = _parse_bounds(bounds)
+    _check_graph_options(friends, blocks, friends_db, social_events_url, publish_social_status)
     if workers > 1 and not redis_url:
         raise typer.BadParameter(
             "several workers share their state through Redis: add --redis-url",
@@ -183,6 +243,13 @@ def serve(
         max_connections=max_connections,
         sweep_interval_s=sweep_interval,
         friends_file=str(friends) if friends else None,
+        blocks_file=str(blocks) if blocks else None,
+        friends_db_url=friends_db or None,
+        friends_db_reconcile_interval_s=friends_db_reconcile_interval,
+        friends_db_full_interval_s=friends_db_full_interval,
+        friends_db_overlap_s=friends_db_overlap,
+        social_events_url=social_events_url or None,
+        publish_social_status=publish_social_status,
         admin_host=admin_host,
         admin_port=admin_port,
         admin_token=admin_token or None,
@@ -216,15 +283,19 @@ def serve(
     except ConfigError as e:
         typer.echo(f"presenced: {e}", err=True)
         raise typer.Exit(2) from None
+    except SourceUnavailable as e:
+        typer.echo(f"presenced: {e}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
 # The operator tools: clients of the admin endpoint, one module per concern.
-from presenced.cli import friends, seed, simulate, who  # noqa: E402
+from presenced.cli import blocks, friends, seed, simulate, who  # noqa: E402
 
 app.command("who-online")(who.who_online)
 app.add_typer(friends.app, name="friends")
+app.add_typer(blocks.app, name="blocks")
 app.add_typer(seed.app, name="seed")
 app.command("simulate")(simulate.simulate)
 

@@ -9,11 +9,13 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from presenced.errors import leaf_exceptions
+from presenced.graph.source import SourceUnavailable
 from presenced.server import admin, closecodes, runtime
 from presenced.server.config import ServerConfig
 from presenced.server.connection import Connection
 from presenced.server.hub import Hub
 from presenced.store.base import Store
+from presenced.store.blocks_file import read_blocks_file
 from presenced.store.friends_file import read_friendships_file
 from presenced.store.memory import MemoryStore
 
@@ -44,7 +46,21 @@ def build_store(config: ServerConfig) -> Store:
             raise ConfigError(f"{config.friends_file}: {shown}{more}")
         added = store.load_friendships(pairs)
         log.info("loaded %d friendships from %s", added, config.friends_file)
+    if config.blocks_file:
+        _load_blocks_file(store, config.blocks_file)
     return store
+
+
+def _load_blocks_file(store: MemoryStore, path: str) -> None:
+    try:
+        blocks, errors = read_blocks_file(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read blocks file: {e}") from None
+    if errors:
+        shown = "; ".join(str(e) for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ConfigError(f"{path}: {shown}{more}")
+    log.info("loaded %d blocks from %s", store.load_blocks(blocks), path)
 
 
 async def open_listeners(host: str, port: int, reuse_port: bool) -> list[trio.SocketListener]:
@@ -167,7 +183,8 @@ async def serve(
 def run_until_signalled(config: ServerConfig, *, reuse_port: bool = False) -> None:
     """`serve` in a new trio loop until SIGINT or SIGTERM.
 
-    Raises ConfigError and KeyboardInterrupt bare, not wrapped in groups.
+    Raises ConfigError, SourceUnavailable and KeyboardInterrupt bare, not
+    wrapped in groups.
     """
     import signal
 
@@ -187,7 +204,7 @@ def run_until_signalled(config: ServerConfig, *, reuse_port: bool = False) -> No
 
     try:
         trio.run(main)
-    except* ConfigError as group:
+    except* (ConfigError, SourceUnavailable) as group:
         # Raised inside nested nurseries, so the group may nest.
         raise leaf_exceptions(group)[0] from None
     except* KeyboardInterrupt:

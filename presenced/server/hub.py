@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from presenced.engine import PresenceEngine
+from presenced.graph.source import FriendsDatabase
 from presenced.model import Presence, PresenceWrite
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
@@ -33,6 +34,7 @@ from presenced.store.base import (
     Store,
     StoreEvent,
 )
+from presenced.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from presenced.model import Position
@@ -72,6 +74,8 @@ class Hub:
         self.listen_port = 0
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
+        source = config.friends_source_config()
+        self.friends_db = FriendsDatabase(source) if source is not None else None
         # Called with every block added or removed, here or elsewhere (the
         # v2 module's block updates); friendships go to the engine.
         self.block_listeners: list[Callable[[BlockChanged], None]] = []
@@ -84,6 +88,9 @@ class Hub:
         self._clock = TrioWallClock()
         async with trio.open_nursery() as nursery:
             await nursery.start(self._run_store)
+            if self.friends_db is not None:
+                # Loaded before the first connection is accepted.
+                await nursery.start(self.friends_db.run, self)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._sweeper)
             nursery.start_soon(self._keepalive)
@@ -92,6 +99,11 @@ class Hub:
 
     async def _run_store(self, *, task_status: trio.TaskStatus[None]) -> None:
         await self.store.run(self._apply_store_events, task_status=task_status)
+
+    @property
+    def graph_is_external(self) -> bool:
+        """Friendships and blocks come from the friends database: no edits here."""
+        return self.friends_db is not None
 
     # ------------------------------------------------------------ background
 
@@ -187,6 +199,19 @@ class Hub:
         changes = await self.store.remove_blocks(pairs)
         self.apply_graph_events(changes.events)
         return changes.changed
+
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> None:
+        """Bulk load at start (no connection yet, so no events to apply)."""
+        if isinstance(self.store, MemoryStore):
+            self.store.load_friendships(pairs)
+        else:
+            await self.add_friendships(pairs)
+
+    async def load_blocks(self, pairs: Iterable[Block]) -> None:
+        if isinstance(self.store, MemoryStore):
+            self.store.load_blocks(pairs)
+        else:
+            await self.add_blocks(pairs)
 
     def apply_graph_events(self, events: Iterable[GraphEvent]) -> None:
         """Effective friendships to the engine, blocks to whoever listens."""

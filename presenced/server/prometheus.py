@@ -23,6 +23,7 @@ from presenced import __version__
 from presenced.server.runtime import GC_PAUSES
 
 if TYPE_CHECKING:
+    from presenced.graph.source import FriendsDatabase
     from presenced.server.hub import Hub
 
 # Attributes a store may expose (RedisStore does, see its docstring), read
@@ -155,6 +156,9 @@ class HubCollector:
             )
         yield gc_pauses
 
+        if hub.friends_db is not None:
+            yield from _friends_db_metrics(hub.friends_db)
+
         for attr, name, doc, label in STORE_COUNTERS:
             value = getattr(store, attr, None)
             if isinstance(value, Mapping):
@@ -169,6 +173,52 @@ class HubCollector:
             value = getattr(store, attr, None)
             if value is not None and hasattr(value, "cumulative"):
                 yield _histogram(name, doc, value)
+
+
+def _friends_db_metrics(source: FriendsDatabase) -> Iterator[Metric]:
+    stats = source.stats
+    yield _gauge("presenced_friends_db_healthy",
+                 "1 while the friends database can be read.", int(source.healthy))
+    yield _counter("presenced_friends_db_errors", "Failed reads of the friends database.",
+                   stats.errors)
+    yield _counter("presenced_friends_db_outages",
+                   "Times the friends database became unreachable.", stats.outages)
+    yield _labelled_counter("presenced_friends_db_passes",
+                            "Reconciliation passes completed, by kind (incremental, full, "
+                            "blocks).", "kind", stats.passes)
+    seconds = GaugeMetricFamily("presenced_friends_db_pass_seconds",
+                                "Duration of the last pass of each kind.", labels=["kind"])
+    for kind, value in sorted(stats.pass_seconds.items()):
+        seconds.add_metric([kind], value)
+    yield seconds
+    applied = CounterMetricFamily(
+        "presenced_friends_db_changes",
+        "Friendship and block changes from the social service applied to the store, by "
+        "origin (event, incremental, full, blocks), kind and operation.",
+        labels=["origin", "kind", "op"])
+    for (origin, kind, op), n in sorted(stats.applied.items()):
+        applied.add_metric([origin, kind, op], n)
+    yield applied
+    yield _counter("presenced_friends_db_apply_failures",
+                   "Changes the store refused (applied again by the next pass).",
+                   stats.apply_failures)
+    yield _gauge("presenced_friends_db_friendships", "Friendships loaded from the database.",
+                 source.friendship_count)
+    yield _gauge("presenced_friends_db_blocks", "Blocks loaded from the database.",
+                 source.block_count)
+    yield _gauge("presenced_friends_db_load_seconds", "Duration of the load at start.",
+                 stats.load_seconds)
+    listener = source.listener
+    if listener is not None:
+        yield _gauge("presenced_social_events_connected",
+                     "1 while subscribed to the social service's events.",
+                     int(source.events_connected))
+        yield _labelled_counter("presenced_social_events_received",
+                                "Messages received from the social service, by channel.",
+                                "channel", listener.received)
+        yield _counter("presenced_social_events_malformed",
+                       "Messages from the social service that could not be parsed.",
+                       listener.malformed)
 
 
 def build_registry(hub: Hub) -> CollectorRegistry:
