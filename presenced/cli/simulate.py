@@ -26,6 +26,7 @@ from presenced.cli.common import (
     stdout_console,
 )
 from presenced.cli.seed import _parse_area, _send_lines
+from presenced.cli.seed_db import check_db_url, database_graph
 from presenced.simulate import Coordinator, SimConfig, SimulationError
 from presenced.simulate.plan import DEFAULT_AREA, DEFAULT_REALMS
 from presenced.simulate.report import summary_table
@@ -121,6 +122,12 @@ def simulate(
         "--no-seed", help="Do not import the graph through the admin endpoint: it is "
                           "already there (seeded earlier, or loaded with serve --friends).")
     ] = False,
+    friends_db: Annotated[str | None, typer.Option(
+        "--friends-db", metavar="URL", show_default=False,
+        help="Take the social graph from this social-service database (the daemons serve "
+             "it with serve --friends-db; fill it with `seed friendships --random --db` of "
+             "the same --users and --seed): its friendships among the run's users, nothing "
+             "imported through the admin endpoint.")] = None,
     admin_url: AdminUrlOption = DEFAULT_ADMIN_URL,
     token: TokenOption = None,
     json_output: JsonOption = False,
@@ -164,6 +171,9 @@ def simulate(
     for source in sources:
         check.source(source)
     min_x, min_y, max_x, max_y = _parse_area(area)
+    if friends_db is not None:
+        check_db_url(friends_db)
+        no_seed = True
     status = _daemon_status(admin_url, token, required=not no_seed)
     engine = (status or {}).get("engine", {})
     grace_s = engine.get("offline_grace_ms", ASSUMED_GRACE_S * 1000) / 1000.0
@@ -199,9 +209,10 @@ def simulate(
         _probe(url)
 
     seeder = None if no_seed else _seeder(admin_url, token)
+    loader = database_graph(friends_db) if friends_db is not None else None
     with LiveView(stderr_console(), enabled=True) as ui:
         try:
-            summary = Coordinator(config, ui, seeder).run()
+            summary = Coordinator(config, ui, seeder, loader).run()
         except SimulationError as e:
             fail(f"simulate: {e}")
     if json_output:

@@ -17,6 +17,7 @@ import trio
 
 from presenced.engine import PresenceEngine
 from presenced.graph.source import FriendsDatabase
+from presenced.graph.status_publisher import StatusPublisher
 from presenced.model import Presence, PresenceWrite
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
@@ -76,6 +77,10 @@ class Hub:
         self._clock: TrioWallClock | None = None
         source = config.friends_source_config()
         self.friends_db = FriendsDatabase(source) if source is not None else None
+        self.status_publisher: StatusPublisher | None = None
+        if config.publish_social_status and config.social_events_url:
+            self.status_publisher = StatusPublisher(config.social_events_url)
+            store.on_status = self.status_publisher.publish
         # Called with every block added or removed, here or elsewhere (the
         # v2 module's block updates); friendships go to the engine.
         self.block_listeners: list[Callable[[BlockChanged], None]] = []
@@ -91,6 +96,8 @@ class Hub:
             if self.friends_db is not None:
                 # Loaded before the first connection is accepted.
                 await nursery.start(self.friends_db.run, self)
+            if self.status_publisher is not None:
+                nursery.start_soon(self.status_publisher.run)
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._sweeper)
             nursery.start_soon(self._keepalive)

@@ -158,6 +158,16 @@ class HubCollector:
 
         if hub.friends_db is not None:
             yield from _friends_db_metrics(hub.friends_db)
+        publisher = hub.status_publisher
+        if publisher is not None:
+            yield _counter("presenced_social_status_published",
+                           "Online/offline transitions published on friend.status.updates.",
+                           publisher.published)
+            yield _counter("presenced_social_status_dropped",
+                           "Transitions dropped while the social service's Redis was away "
+                           "(more than 100,000 waiting).", publisher.dropped)
+            yield _gauge("presenced_social_status_pending",
+                         "Transitions waiting to be published.", publisher.pending)
 
         for attr, name, doc, label in STORE_COUNTERS:
             value = getattr(store, attr, None)

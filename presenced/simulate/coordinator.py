@@ -33,6 +33,9 @@ from presenced.socialgraph import SocialGraph
 
 # Seeds the graph: (graph, addresses) -> what the import reported.
 Seeder = Callable[[SocialGraph, list[str]], dict[str, Any]]
+# Reads the graph from elsewhere (a friends database): addresses of users
+# 0..N-1 -> their friendships as index pairs (i < j).
+GraphLoader = Callable[[list[str]], list[tuple[int, int]]]
 
 _UI_INTERVAL_S = 0.25
 
@@ -65,10 +68,12 @@ class _Handle:
 
 
 class Coordinator:
-    def __init__(self, config: SimConfig, ui: LiveView, seeder: Seeder | None) -> None:
+    def __init__(self, config: SimConfig, ui: LiveView, seeder: Seeder | None,
+                 graph_loader: GraphLoader | None = None) -> None:
         self.config = config
         self.ui = ui
         self.seeder = seeder
+        self.graph_loader = graph_loader
         self.population = Population.choose(config)
         self.processes = config.processes
         self.handles: list[_Handle] = []
@@ -120,13 +125,19 @@ class Coordinator:
 
         # The graph is needed for seeding and for the final check; build it
         # while the workers sign.
-        graph = SocialGraph.generate(config.users, config.avg_friends, config.seed)
+        if self.graph_loader is None:
+            graph = SocialGraph.generate(config.users, config.avg_friends, config.seed)
         self._pump(lambda: all(h.addresses is not None for h in self.handles), None,
                    "the workers to derive identities")
         addresses = [""] * config.users
         for h in self.handles:
             for index, address in h.addresses or ():
                 addresses[index] = address
+        if self.graph_loader is not None:
+            self.phase = "reading the graph"
+            graph = SocialGraph(config.seed, config.users, self.graph_loader(addresses))
+            self.ui.note(f"read {len(graph.edges):,} friendships among {config.users:,} "
+                         "users from the friends database")
 
         seeded = None
         if self.seeder is not None:

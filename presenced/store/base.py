@@ -80,6 +80,9 @@ class Resync:
 StoreEvent = RemotePresence | RemoteLeave | Expired | FriendshipChanged | BlockChanged | Resync
 EventSink = Callable[[Sequence[StoreEvent]], None]
 
+# (address, online): a user went online anywhere, or offline everywhere.
+StatusSink = Callable[[str, bool], None]
+
 Friendship = tuple[str, str]
 # (blocker, blocked): a block has a direction.
 Block = tuple[str, str]
@@ -118,6 +121,10 @@ class StoreUnavailable(Exception):
 
 class Store(Protocol):
     instance_id: str
+    # If set, called (on the trio thread) once per transition of a user
+    # between online anywhere and offline everywhere, by exactly one
+    # instance across the cluster (--publish-social-status).
+    on_status: StatusSink | None
 
     @property
     def healthy(self) -> bool:

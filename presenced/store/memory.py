@@ -23,6 +23,7 @@ from presenced.store.base import (
     Friendship,
     FriendshipChanged,
     GraphChanges,
+    StatusSink,
     ordered_pair,
 )
 
@@ -37,6 +38,8 @@ class MemoryStore:
         self._blocked_by: dict[str, set[str]] = {}
         # By time of the last write, oldest first, so expiry pops the front.
         self._presence: OrderedDict[str, Presence] = OrderedDict()
+        # Told of every online/offline transition (the only instance sees all).
+        self.on_status: StatusSink | None = None
 
     @property
     def healthy(self) -> bool:
@@ -50,11 +53,15 @@ class MemoryStore:
         await trio.sleep_forever()
 
     def write(self, op: PresenceOp) -> None:
+        presence = self._presence
         if isinstance(op, PresenceWrite):
-            self._presence[op.presence.address] = op.presence
-            self._presence.move_to_end(op.presence.address)
-        else:
-            self._presence.pop(op.address, None)
+            address = op.presence.address
+            if self.on_status is not None and address not in presence:
+                self.on_status(address, True)
+            presence[address] = op.presence
+            presence.move_to_end(address)
+        elif presence.pop(op.address, None) is not None and self.on_status is not None:
+            self.on_status(op.address, False)
 
     # ------------------------------------------------------------- friendships
 
@@ -219,6 +226,8 @@ class MemoryStore:
                 break
             del presence[address]
             expired.append(address)
+            if self.on_status is not None:
+                self.on_status(address, False)
         return expired
 
     async def aclose(self) -> None:
