@@ -102,6 +102,10 @@ def friendships(
     With --random, user I of seed S has the identity
     Identity.generate(random.Random("S:I")) (see presenced/socialgraph.py), so
     `presenced simulate` can log in as the same users.
+
+    With --db, the friendships go into a social-service PostgreSQL database
+    (what `serve --friends-db` reads) instead of the daemon: tables are created
+    if missing, existing friendships are counted, inactive ones reactivated.
     """
     if random_graph == (file is not None):
         fail("give either FILE or --random", EXIT_USAGE)
