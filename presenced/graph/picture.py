@@ -79,28 +79,51 @@ class AddressIds:
 
     def adjacency(self, pairs: Iterable[tuple[str, str]]) -> Adjacency:
         """The friendships `pairs` as sorted arrays by smaller number (duplicates dropped)."""
-        ids = self._ids
-        number = self.id
-        adjacency: list[list[int] | None] = []
+        builder = AdjacencyBuilder(self)
+        builder.add(pairs)
+        return builder.finish()
+
+
+class AdjacencyBuilder:
+    """Builds an adjacency from batches of address pairs (a full read's rows).
+
+    The per-row loop is the cost of a full read (a million rows): kept to
+    two dict lookups and an append, with the addresses lower-cased only if
+    they are not already.
+    """
+
+    def __init__(self, ids: AddressIds) -> None:
+        self._ids = ids
+        self._lists: list[list[int] | None] = []
+
+    def add(self, pairs: Iterable[tuple[str, str]]) -> None:
+        get = self._ids._ids.get
+        number = self._ids.id
+        lists = self._lists
         for a, b in pairs:
-            i = ids.get(a)
+            i = get(a)
             if i is None:
-                i = number(a)
-            j = ids.get(b)
+                i = number(a if a.islower() else a.lower())
+            j = get(b)
             if j is None:
-                j = number(b)
+                j = number(b if b.islower() else b.lower())
             if i > j:
                 i, j = j, i
             elif i == j:
                 continue
-            if i >= len(adjacency):
-                adjacency.extend([None] * (i + 1 - len(adjacency)))
-            friends = adjacency[i]
+            try:
+                friends = lists[i]
+            except IndexError:
+                lists.extend([None] * (i + 1 - len(lists)))
+                friends = None
             if friends is None:
-                adjacency[i] = [j]
+                lists[i] = [j]
             else:
                 friends.append(j)
-        return [_EMPTY if f is None else array("I", sorted(set(f))) for f in adjacency]
+
+    def finish(self) -> Adjacency:
+        lists, self._lists = self._lists, []
+        return [_EMPTY if f is None else array("I", sorted(set(f))) for f in lists]
 
 
 def adjacency_size(adjacency: Adjacency) -> int:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from presenced.graph.picture import AddressIds, Adjacency, diff_adjacency
+from presenced.graph.picture import AddressIds, Adjacency, AdjacencyBuilder, diff_adjacency
 from presenced.graph.reconcile import FullResult, IncrementalResult, PassPlan
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ DB_ERRORS = (psycopg.Error, OSError)
 # Rows fetched per round trip of a full read.
 FETCH_BATCH = 20_000
 
-# Lower-cased as they stream in (cheaper here than lower() on the server).
+# Lower-cased as they come in (cheaper here than lower() on the server).
 ACTIVE_FRIENDSHIPS = """
 SELECT address_requester, address_requested FROM friendships WHERE is_active
 """
@@ -219,11 +219,15 @@ def _read_full(
     added: list[int] = []
     removed: list[int] = []
     if friendships:
-        keys = ids.adjacency(_stream_pairs(cur.connection, ACTIVE_FRIENDSHIPS))
+        builder = AdjacencyBuilder(ids)
+        for rows in _batches(cur.connection, ACTIVE_FRIENDSHIPS):
+            builder.add(rows)
+        keys = builder.finish()
         if base is not None:
             added, removed = diff_adjacency(base, keys)
     block_key = ids.block_key
-    blocks = {block_key(a, b) for a, b in _stream_pairs(cur.connection, ALL_BLOCKS) if a != b}
+    blocks = {block_key(a.lower(), b.lower()) for rows in _batches(cur.connection, ALL_BLOCKS)
+              for a, b in rows if a.lower() != b.lower()}
     return FullResult(watermark, keys, added, removed, blocks)
 
 
@@ -242,14 +246,12 @@ def _read_changes(cur: psycopg.Cursor, plan: PassPlan) -> IncrementalResult:
     return IncrementalResult(watermark, friendships, blocks, int(row[0]))
 
 
-def _stream_pairs(
-    conn: psycopg.Connection, statement: str
-) -> Iterator[tuple[str, str]]:
-    """Rows of two text columns, lower-cased, fetched in batches (a server-side cursor).
+def _batches(conn: psycopg.Connection, statement: str) -> Iterator[list[tuple[str, str]]]:
+    """The rows of `statement`, fetched in batches through a server-side cursor.
 
-    Measured on a million rows: batches of a server-side cursor parse rows
-    in C as fast as COPY delivers them (one protocol message per row either
-    way), and keep only one batch in memory.
+    Measured on a million rows: a server-side cursor parses rows in C as
+    fast as COPY delivers them (one protocol message per row either way),
+    and keeps only one batch in memory.
     """
     with conn.cursor(name="presenced_graph_read") as cur:
         cur.itersize = FETCH_BATCH
@@ -258,10 +260,7 @@ def _stream_pairs(
             rows = cur.fetchmany(FETCH_BATCH)
             if not rows:
                 return
-            for a, b in rows:
-                # Stored lower-case (a migration normalised them): the test
-                # is cheaper than lower-casing every address.
-                yield (a if a.islower() else a.lower()), (b if b.islower() else b.lower())
+            yield rows
 
 
 # ------------------------------------------------------------------ seeding
@@ -338,7 +337,9 @@ def read_active_friendships(url: str) -> Iterator[tuple[str, str]]:
     """Every active friendship (a < b), streamed (for `simulate` with a database graph)."""
     with psycopg.connect(url, application_name="presenced-simulate") as conn:
         conn.read_only = True
-        with conn.transaction(), conn.cursor() as cur:
-            for a, b in _stream_pairs(cur.connection, ACTIVE_FRIENDSHIPS):
-                if a != b:
-                    yield (a, b) if a < b else (b, a)
+        with conn.transaction():
+            for rows in _batches(conn, ACTIVE_FRIENDSHIPS):
+                for a, b in rows:
+                    a, b = a.lower(), b.lower()
+                    if a != b:
+                        yield (a, b) if a < b else (b, a)
