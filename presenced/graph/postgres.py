@@ -49,22 +49,34 @@ SELECT address_requester, address_requested FROM friendships WHERE is_active
 ALL_BLOCKS = "SELECT blocker_address, blocked_address FROM blocks"
 
 # Pairs changed in the window, plus the pairs events touched, each with its
-# state over all of its rows. The join finds a pair's rows through the
-# social service's indexes on lower(address_requester/requested).
+# state over all of its rows: the window's rows themselves (whatever their
+# case) and the pair's rows found through the social service's unique index
+# on (least(requester, requested), greatest(...)) — one index probe per pair,
+# where a join on lower() would scan every row of a popular user.
 CHANGED_FRIENDSHIPS = """
-WITH wanted AS (
+WITH window_rows AS (
     SELECT least(lower(address_requester), lower(address_requested)) AS a,
-           greatest(lower(address_requester), lower(address_requested)) AS b
+           greatest(lower(address_requester), lower(address_requested)) AS b,
+           is_active
     FROM friendships
     WHERE updated_at >= %(since)s
+),
+wanted AS (
+    SELECT a, b FROM window_rows
     UNION
     SELECT v.a, v.b FROM unnest(%(a)s::text[], %(b)s::text[]) AS v(a, b)
+),
+states AS (
+    SELECT a, b, is_active FROM window_rows
+    UNION ALL
+    SELECT w.a, w.b, f.is_active
+    FROM wanted w
+    JOIN friendships f
+      ON least(f.address_requester, f.address_requested) = w.a
+     AND greatest(f.address_requester, f.address_requested) = w.b
 )
-SELECT w.a, w.b, coalesce(bool_or(f.is_active), false)
-FROM wanted w
-LEFT JOIN friendships f
-  ON (lower(f.address_requester) = w.a AND lower(f.address_requested) = w.b)
-  OR (lower(f.address_requester) = w.b AND lower(f.address_requested) = w.a)
+SELECT w.a, w.b, coalesce(bool_or(s.is_active), false)
+FROM wanted w LEFT JOIN states s ON s.a = w.a AND s.b = w.b
 GROUP BY w.a, w.b
 """
 
@@ -289,13 +301,18 @@ def create_schema(conn: psycopg.Connection) -> None:
         conn.execute(SCHEMA)
 
 
-def seed_friendships(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> SeedResult:
+def seed_friendships(
+    conn: psycopg.Connection, pairs: Iterable[tuple[str, str]], *,
+    updated_at: datetime | None = None,
+) -> SeedResult:
     """Make every pair (lower-case addresses) an active friendship; idempotent.
 
     A pair with an inactive row is reactivated (its `updated_at` bumped, as
     the social service does); a new pair gets a row (requester = the
-    smaller address).
+    smaller address). `updated_at` backdates the rows written (the
+    benchmark's steady state: old rows, outside any pass's window).
     """
+    at = updated_at
     with conn.transaction():
         conn.execute("CREATE TEMP TABLE seed_pairs (a text, b text) ON COMMIT DROP")
         with conn.cursor() as cur:
@@ -315,19 +332,21 @@ def seed_friendships(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]])
             cur.execute("ANALYZE seed_distinct")
             total = cur.execute("SELECT count(*) FROM seed_distinct").fetchone()
             cur.execute(
-                "UPDATE friendships f SET is_active = true, updated_at = now() "
+                "UPDATE friendships f SET is_active = true, "
+                "updated_at = coalesce(%(at)s::timestamp, now()) "
                 "FROM seed_distinct s "
                 "WHERE least(f.address_requester, f.address_requested) = s.a "
                 "AND greatest(f.address_requester, f.address_requested) = s.b "
-                "AND NOT f.is_active")
+                "AND NOT f.is_active", {"at": at})
             reactivated = cur.rowcount
             cur.execute(
                 "INSERT INTO friendships (id, address_requester, address_requested, is_active, "
                 "created_at, updated_at) "
-                "SELECT gen_random_uuid(), s.a, s.b, true, now(), now() FROM seed_distinct s "
+                "SELECT gen_random_uuid(), s.a, s.b, true, coalesce(%(at)s::timestamp, now()), "
+                "coalesce(%(at)s::timestamp, now()) FROM seed_distinct s "
                 "WHERE NOT EXISTS (SELECT 1 FROM friendships f "
                 "WHERE least(f.address_requester, f.address_requested) = s.a "
-                "AND greatest(f.address_requester, f.address_requested) = s.b)")
+                "AND greatest(f.address_requester, f.address_requested) = s.b)", {"at": at})
             added = cur.rowcount
     assert total is not None
     return SeedResult(int(total[0]), added, reactivated)

@@ -347,6 +347,8 @@ class FriendsDatabase:
         self.stats.pass_seconds[kind.value] = elapsed
         if changes:
             log.info("%s pass: %d changes from the friends database", kind.value, len(changes))
+        else:
+            log.debug("%s pass in %.3f s: no change", kind.value, elapsed)
         for change in changes:
             self._enqueue(change)
         await self._drained()
