@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -46,9 +47,13 @@ from presenced.rpc.events import (
     StreamItem,
     StreamOffered,
 )
+from presenced.services.presence import (
+    GET_ONLINE_FRIENDS,
+    MODULE_NAME,
+    POSITION_HEARTBEAT,
+    SUBSCRIBE,
+)
 from presenced.v1 import presence_pb2 as pb
-
-MODULE = "PresenceService"
 
 
 @asynccontextmanager
@@ -144,6 +149,14 @@ async def _open_bound_websocket(
                 await stream.aclose()
 
 
+def _decode_users(payload: bytes) -> list[pb.UserPresence]:
+    return list(pb.UsersResponse.FromString(payload).users)
+
+
+def _decode_updates(payload: bytes) -> list[pb.UserPresence]:
+    return list(pb.SubscribeFriendshipPresenceUpdatesResponse.FromString(payload).updates)
+
+
 class RemoteError(Exception):
     """The server answered a call with a RemoteError."""
 
@@ -170,10 +183,12 @@ class Subscription:
     holds (and coalesces) updates while the caller is busy.
     """
 
-    def __init__(self, client: PresenceClient, number: int, message: type) -> None:
+    def __init__(
+        self, client: PresenceClient, number: int, decode: Callable[[bytes], Any]
+    ) -> None:
         self._client = client
         self.number = number
-        self._message = message
+        self._decode = decode
         self._send, self._receive = trio.open_memory_channel[object](math.inf)
         self._last_seq: int | None = None
         self.ended = False
@@ -181,8 +196,9 @@ class Subscription:
     def _push(self, event: object) -> None:
         self._send.send_nowait(event)
 
-    async def next_batch(self) -> list[pb.UserPresence] | None:
-        """The next item's users, or None when the server ended the stream."""
+    async def next_batch(self) -> Any:
+        """The next item, decoded (a list of users for the presence streams), or None when
+        the server ended the stream."""
         client = self._client
         if self.ended:
             return None
@@ -197,8 +213,7 @@ class Subscription:
                 await client._flush()
             elif isinstance(event, StreamItem):
                 self._last_seq = event.seq
-                message = self._message.FromString(event.payload)
-                return list(message.users if hasattr(message, "users") else message.updates)
+                return self._decode(event.payload)
             elif isinstance(event, StreamEnded):
                 self.ended = True
                 return None
@@ -212,7 +227,7 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> list[pb.UserPresence]:
+    async def __anext__(self) -> Any:
         batch = await self.next_batch()
         if batch is None:
             raise StopAsyncIteration
@@ -286,21 +301,19 @@ class PresenceClient:
         return await self.heartbeat_raw(payload.SerializeToString())
 
     async def heartbeat_raw(self, payload: bytes) -> pb.PositionResponse:
-        raw = await self._unary(self.procedures["PositionHeartbeat"], payload)
+        raw = await self.call(self.procedures[POSITION_HEARTBEAT], payload)
         return pb.PositionResponse.FromString(raw)
 
     async def get_online_friends(self) -> list[pb.UserPresence]:
         users: list[pb.UserPresence] = []
-        stream = await self._stream("GetOnlineFriends", pb.UsersResponse)
+        stream = await self._stream(GET_ONLINE_FRIENDS, _decode_users)
         async for batch in stream:
             users.extend(batch)
         return users
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscription]:
-        stream = await self._stream(
-            "SubscribeFriendshipPresenceUpdates", pb.SubscribeFriendshipPresenceUpdatesResponse
-        )
+        stream = await self._stream(SUBSCRIBE, _decode_updates)
         try:
             yield stream
         finally:
@@ -313,27 +326,40 @@ class PresenceClient:
     async def close(self, code: int = 1000) -> None:
         await self.ws.aclose(code)
 
+    # ------------------------------------------------- any module (generic)
+
+    async def load_module(self, name: str) -> dict[str, int]:
+        """Load another module on this client's port: its procedure ids by name."""
+        loaded = await self._request(self._rpc.request_module(self.port_id, name))
+        assert isinstance(loaded, ModuleLoaded)
+        return dict(loaded.procedures)
+
+    async def call(self, procedure_id: int, payload: bytes = b"") -> bytes:
+        """A unary call; the response's payload (raises RemoteError)."""
+        result = await self._request(self._rpc.call(self.port_id, procedure_id, payload))
+        assert isinstance(result, ResponseReceived)
+        return result.payload
+
+    async def open_stream(
+        self, procedure_id: int, decode: Callable[[bytes], Any], payload: bytes = b""
+    ) -> Subscription:
+        """A server stream whose items are `decode(payload)`; acknowledged as they are read."""
+        number = self._rpc.call(self.port_id, procedure_id, payload)
+        stream = Subscription(self, number, decode)
+        self._streams[number] = stream
+        await self._flush()
+        return stream
+
     # -------------------------------------------------------------- plumbing
 
     async def _open_port(self, port_name: str) -> None:
         created = await self._request(self._rpc.create_port(port_name))
         assert isinstance(created, PortCreated)
         self.port_id = created.port_id
-        loaded = await self._request(self._rpc.request_module(self.port_id, MODULE))
-        assert isinstance(loaded, ModuleLoaded)
-        self.procedures = dict(loaded.procedures)
+        self.procedures = await self.load_module(MODULE_NAME)
 
-    async def _unary(self, procedure_id: int, payload: bytes) -> bytes:
-        result = await self._request(self._rpc.call(self.port_id, procedure_id, payload))
-        assert isinstance(result, ResponseReceived)
-        return result.payload
-
-    async def _stream(self, procedure: str, message: type) -> Subscription:
-        number = self._rpc.call(self.port_id, self.procedures[procedure])
-        stream = Subscription(self, number, message)
-        self._streams[number] = stream
-        await self._flush()
-        return stream
+    async def _stream(self, procedure: str, decode: Callable[[bytes], Any]) -> Subscription:
+        return await self.open_stream(self.procedures[procedure], decode)
 
     async def _request(self, number: int) -> object:
         call = self._calls[number] = _Call(trio.Event())

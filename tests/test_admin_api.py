@@ -17,6 +17,7 @@ from presenced.client import PresenceClient
 from tests.conftest import ADMIN_TOKEN
 from tests.support.admin import admin_client, new_address, redis_store_available
 from tests.support.daemon import Daemon, free_port
+from tests.support.waits import wait_for
 
 
 @pytest.fixture
@@ -361,13 +362,6 @@ def test_readyz_is_503_while_redis_is_away():
         assert sample(families, "presenced_store_healthy") == 0
         redis.start()
         wait_for(lambda: http.get("/readyz").status_code == 200)
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 # -------------------------------------------------------------------- token

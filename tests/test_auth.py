@@ -21,7 +21,7 @@ from presenced.auth import (
     verify_login,
 )
 
-# Test vector from protocol.md §2.2, produced by the real @dcl/crypto.
+# Test vector produced by the real @dcl/crypto (deterministic RFC 6979 signatures).
 OWNER_KEY = bytes([0x11]) * 32
 EPHEMERAL_KEY = bytes([0x22]) * 32
 OWNER = "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A"

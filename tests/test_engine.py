@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from presenced.engine import (
+    Abusive,
     Accepted,
     BadRequest,
     EngineConfig,
@@ -195,6 +196,31 @@ def test_rate_limit_answers_too_many_requests_and_changes_nothing():
     assert drain(box) == {B: (True, P1)}
     w.now += 800
     assert w.heartbeat(sb, P2) == Accepted(P2)
+
+
+def test_a_client_over_its_rate_by_a_little_is_only_refused():
+    w = World(heartbeat_rate=1, heartbeat_burst=2)
+    sb = w.login(B)
+    outcomes = []
+    for _ in range(600):  # ten minutes at twice the allowed rate
+        w.now += 500
+        outcomes.append(type(w.heartbeat(sb, P1)))
+    assert set(outcomes) == {Accepted, TooManyRequests}
+    assert Abusive not in outcomes
+
+
+def test_a_client_far_over_its_rate_is_abusive_within_a_second():
+    w = World(heartbeat_rate=1, heartbeat_burst=2, abuse_strikes=30, abuse_rate_factor=3)
+    sb = w.login(B)
+    outcomes = []
+    while not outcomes or not isinstance(outcomes[-1], Abusive):
+        w.now += 2  # 500 heartbeats a second
+        outcomes.append(w.heartbeat(sb, P1))
+        assert len(outcomes) < 500, "never judged abusive"
+    # The burst, then the strikes, each spent once (the refill at this pace is tiny).
+    assert [type(o) for o in outcomes[:2]] == [Accepted, Accepted]
+    assert all(isinstance(o, TooManyRequests) for o in outcomes[2:-1])
+    assert len(outcomes) == 2 + 30 + 1
 
 
 def test_rate_limit_is_per_connection():
@@ -398,3 +424,188 @@ def test_nothing_is_due_while_everyone_is_fresh():
     w.now += 1
     assert w.engine.due(w.now)
     assert w.engine.tick(w.now) == [1]
+
+
+# ------------------------------------------------- v2: transitions and friendships
+
+
+def online(mailbox) -> dict[str, bool]:
+    return {p.address: p.online for p in mailbox.take(1000)}
+
+
+def test_transition_subscriber_gets_the_snapshot_then_only_online_and_offline():
+    w = World(heartbeat_rate=1000, offline_grace_ms=0)
+    sb = w.login(B)
+    w.heartbeat(sb, P1)
+    box = w.engine.subscribe_transitions(w.login(A))
+    assert online(box) == {B: True}
+    w.now += 10
+    w.heartbeat(sb, P2)  # a move: nothing for v2
+    assert box.pending == {}
+    sc = w.login(C)
+    assert online(box) == {C: True}
+    w.engine.close_session(sc, w.now)
+    w.advance(1)
+    assert online(box) == {C: False}
+
+
+def test_a_position_change_costs_transition_subscribers_nothing():
+    w = World(heartbeat_rate=1000)
+    sb = w.login(B)
+    box = w.engine.subscribe_transitions(w.login(A))
+    online(box)
+    enqueued = w.engine.stats.updates_enqueued
+    w.heartbeat(sb, P1)
+    w.now += 10
+    w.heartbeat(sb, P2)
+    assert box.pending == {}
+    assert w.engine.stats.updates_enqueued == enqueued
+
+
+def test_ttl_expiry_and_remote_transitions_reach_transition_subscribers():
+    from presenced.model import Presence
+
+    w = World()
+    sa = w.login(A)
+    box = w.engine.subscribe_transitions(sa)
+    w.engine.apply_remote(Presence(B, True, None, w.now), "i2")
+    assert online(box) == {B: True}
+    w.engine.apply_remote(Presence(B, True, P1, w.now), "i2")  # a remote move
+    assert box.pending == {}
+    w.engine.apply_remote_leave(B, "i2", w.now)
+    assert online(box) == {B: False}
+    sc = w.login(C)
+    online(box)
+    w.now += 60_000
+    w.engine.touch(sa, w.now)
+    assert w.advance(60_001) == [sc]
+    assert online(box) == {C: False}
+
+
+def test_a_flap_the_subscriber_never_saw_is_dropped():
+    w = World(offline_grace_ms=0)
+    sb = w.login(B)
+    box = w.engine.subscribe_transitions(w.login(A))
+    # B's ONLINE is pending (snapshot) when B goes offline: the subscriber never knew.
+    w.engine.close_session(sb, w.now)
+    w.advance(1)
+    assert box.pending == {}
+    sb = w.login(B)
+    assert online(box) == {B: True}
+    # Offline then online again before the OFFLINE was sent: nothing to say.
+    w.engine.close_session(sb, w.now)
+    w.advance(1)
+    w.login(B)
+    assert box.pending == {}
+    assert w.engine.stats.updates_coalesced >= 2
+
+
+def test_presence_and_transition_subscriptions_coexist_on_one_connection():
+    w = World()
+    sa = w.login(A)
+    full = w.engine.subscribe(sa)
+    transitions = w.engine.subscribe_transitions(sa)
+    sb = w.login(B)
+    assert drain(full) == {B: (True, None)}
+    assert online(transitions) == {B: True}
+    w.heartbeat(sb, P1)
+    assert drain(full) == {B: (True, P1)}
+    assert transitions.pending == {}
+
+
+def test_newest_subscription_of_each_kind_wins_and_leaves_the_other_kind_alone():
+    w = World()
+    sa = w.login(A)
+    full = w.engine.subscribe(sa)
+    old = w.engine.subscribe_transitions(sa)
+    new = w.engine.subscribe_transitions(sa)
+    assert old.closed and not new.closed and not full.closed
+    w.login(B)
+    assert old.pending == {}
+    assert online(new) == {B: True}
+    assert drain(full) == {B: (True, None)}
+    newer_full = w.engine.subscribe(sa)
+    assert full.closed and not new.closed and not newer_full.closed
+    old_feed = w.engine.subscribe_friendships(sa)
+    new_feed = w.engine.subscribe_friendships(sa)
+    assert old_feed.closed and not new_feed.closed
+
+
+def test_unsubscribe_and_logout_end_transition_and_friendship_subscriptions():
+    w = World()
+    sa = w.login(A)
+    box = w.engine.subscribe_transitions(sa)
+    w.engine.unsubscribe(sa, box)
+    assert box.closed
+    w.login(B)
+    assert box.pending == {}
+    box = w.engine.subscribe_transitions(sa)
+    feed = w.engine.subscribe_friendships(sa)
+    w.engine.unsubscribe_friendships(sa, feed)
+    assert feed.closed
+    feed = w.engine.subscribe_friendships(sa)
+    w.engine.close_session(sa, w.now)
+    assert box.closed and feed.closed
+    w.engine.add_friendship(A, D)
+    assert feed.pending == {}
+
+
+def test_friendship_changes_reach_friendship_and_transition_subscribers():
+    w = World()
+    sa = w.login(A)
+    feed = w.engine.subscribe_friendships(sa)
+    box = w.engine.subscribe_transitions(sa)
+    sd = w.login(D)
+    assert box.pending == {}
+    w.engine.add_friendship(A, D)
+    assert feed.take(10) == [(D, True)]
+    assert online(box) == {D: True}
+    w.engine.remove_friendship(A, D, w.now)
+    assert feed.take(10) == [(D, False)]
+    assert online(box) == {D: False}
+    # No longer a friend: D's changes are not A's business.
+    w.engine.close_session(sd, w.now)
+    w.advance(10_000)
+    assert box.pending == {}
+    # The other side hears it only if it subscribed.
+    feed_b = w.engine.subscribe_friendships(w.login(B))
+    w.engine.remove_friendship(A, B, w.now)
+    assert feed_b.take(10) == [(A, False)]
+    assert feed.take(10) == [(B, False)]
+
+
+def test_friendship_events_coalesce_per_friend():
+    w = World()
+    sa = w.login(A)
+    feed = w.engine.subscribe_friendships(sa)
+    calls = []
+    feed.on_ready = lambda: calls.append(1)
+    w.engine.add_friendship(A, D)
+    w.engine.remove_friendship(A, D, w.now)  # never told of the add: nothing to say
+    assert feed.pending == {}
+    w.engine.remove_friendship(A, B, w.now)
+    w.engine.add_friendship(A, B)
+    assert feed.pending == {}
+    w.engine.remove_friendship(A, C, w.now)
+    assert feed.take(10) == [(C, False)]
+    assert calls == [1, 1, 1]
+
+
+def test_pending_friendship_events_are_bounded_per_session():
+    w = World(friendship_events_max=3)
+    sa = w.login(A)
+    feed = w.engine.subscribe_friendships(sa)
+    others = ["0x" + f"{i:040x}" for i in range(1, 6)]
+    for other in others:
+        w.engine.add_friendship(A, other)
+    assert feed.take(10) == [(o, True) for o in others[2:]]
+    assert feed.dropped == 2
+    assert w.engine.stats.friendship_events_dropped == 2
+
+
+def test_a_v2_only_user_is_online_without_position_for_presence_subscribers():
+    w = World()
+    box = w.engine.subscribe(w.login(A))
+    transitions_b = w.engine.subscribe_transitions(w.login(B))  # B never sends a heartbeat
+    assert drain(box) == {B: (True, None)}
+    assert online(transitions_b) == {A: True}

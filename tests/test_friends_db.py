@@ -24,8 +24,7 @@ from presenced.client import PresenceClient
 from presenced.engine import EngineConfig
 from presenced.graph.reconcile import PassKind
 from presenced.graph.social_events import BLOCK_CHANNEL, FRIENDSHIP_CHANNEL
-from presenced.graph.source import SourceUnavailable
-from presenced.server.app import serve
+from presenced.server.app import StartupFailed, serve
 from presenced.server.config import ServerConfig
 from presenced.v1 import presence_pb2 as pb
 from tests.support.postgres import SocialDatabase, url_of
@@ -122,7 +121,7 @@ async def test_load_at_start_with_blocks_hiding_friends_either_way(nursery, soci
 async def test_database_unavailable_at_start_is_a_clear_error(nursery):
     config = ServerConfig(port=0, admin_port=0,
                           friends_db_url=url_of("presenced_no_such_database_x"))
-    with pytest.RaisesGroup(pytest.RaisesExc(SourceUnavailable, match="cannot read the friends "
+    with pytest.RaisesGroup(pytest.RaisesExc(StartupFailed, match="cannot read the friends "
                                              "database postgresql://127.0.0.1:5432/"),
                             flatten_subgroups=True):
         await serve(config, trio.Event())

@@ -61,7 +61,10 @@ def test_bad_graph_options_are_one_line_and_exit_2(args, message):
 def test_an_unreachable_database_at_start_is_one_line_and_exit_1(social_db):
     out = serve("--friends-db", url_of("presenced_no_such_database_y"))
     assert out.returncode == 1
-    line = one_line(out.stderr)
+    # The start-up line, then the reason.
+    assert "Traceback" not in out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("presenced: ")
     assert "cannot read the friends database postgresql://127.0.0.1:5432/" in line
 
 

@@ -1,11 +1,13 @@
 """The layers of presenced, read from the source with `ast` (nothing is imported).
 
-From the bottom: the model, the wire (rpc) and authentication; the engine;
-the stores; the friends database source (graph); the server; the command
-line, the simulator and the client at the top. A module may import its own
-layer or a lower one, never a higher one: a store that imported the server
-could not be used (or tested) without it, and any change to the server
-would ripple down.
+From the bottom: the model and the close codes, the wire (rpc),
+authentication and the profile source (HTTP to a Catalyst); the engine;
+the RPC modules (services) beside the stores; the friends database source
+(graph) above the stores; the server; the command line, the simulator and
+the client at the top.
+A module may import its own layer or a lower one, never a higher one: a
+store that imported the server could not be used (or tested) without it,
+and any change to the server would ripple down.
 """
 
 from __future__ import annotations
@@ -20,16 +22,31 @@ TOP = ("presenced.server", "presenced.cli", "presenced.simulate", "presenced.cli
 
 # Source (a package directory or a module file, relative to presenced/) ->
 # modules it must not import (nor anything under them).
+BELOW_ENGINE = ("presenced.engine", "presenced.services", "presenced.store", "presenced.graph")
+
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "model.py": (*TOP, "presenced.graph"),
-    "rpc": (*TOP, "presenced.engine", "presenced.store", "presenced.graph"),
-    "auth": (*TOP, "presenced.engine", "presenced.store", "presenced.graph"),
-    "engine": (*TOP, "presenced.store", "presenced.graph"),
-    "store": (*TOP, "presenced.graph"),
-    # The friends database source: above the stores (it applies changes
-    # through their types), below the server (which gives it the hub).
-    "graph": TOP,
+    "model.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth"),
+    "closes.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
+    "rpc": (*TOP, *BELOW_ENGINE),
+    "auth": (*TOP, *BELOW_ENGINE),
+    "engine": (*TOP, "presenced.services", "presenced.store", "presenced.graph"),
+    # The modules know presence and the wire, not where state is kept: they reach the store
+    # only through the session the server gives them.
+    "services": (*TOP, "presenced.store", "presenced.graph"),
+    "store": (*TOP, "presenced.services", "presenced.graph"),
+    # The friends database source: above the stores (it applies changes through their
+    # types), below the server (which gives it the hub).
+    "graph": (*TOP, "presenced.services"),
+    "profiles": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth"),
+    # The log set-up is used by every layer, so it imports none of them.
+    "logs.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
+    # The WebSocket layer sits below the server and the simulator, beside the wire.
+    "ws": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
 }
+
+# What the WebSocket layer may import at all: the standard library, wsproto,
+# trio, the close table and itself (pinned dependencies, nothing else).
+WS_ALLOWED = ("wsproto", "trio", "presenced.closes", "presenced.ws", "__future__")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -97,6 +114,20 @@ def test_lower_layers_do_not_import_higher_ones() -> None:
     report = [f"{rel}:{line} imports {module} (must not import {prefix})"
               for (rel, line, prefix), module in sorted(violations.items())]
     assert not report, "layering violations:\n" + "\n".join(report)
+
+
+def test_the_websocket_layer_imports_only_the_stdlib_wsproto_and_trio() -> None:
+    import sys
+
+    stdlib = sys.stdlib_module_names
+    report = []
+    for path in sources("ws"):
+        for line, module in imported_modules(path):
+            top = module.partition(".")[0]
+            if top in stdlib or any(is_under(module, m) for m in WS_ALLOWED):
+                continue
+            report.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not report, "\n".join(report)
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ PAYLOADS = [b"", b"\x00", b"x" * 5, b"y" * 127, b"z" * 128, b"w" * 300, b"v" * 1
 
 
 def h(text: str) -> bytes:
-    """Hex with spaces, as protocol.md writes frames."""
+    """Hex with spaces, as the traces below write frames."""
     return bytes.fromhex(text.replace(" ", ""))
 
 
@@ -343,7 +343,7 @@ def test_match_stream_ack_agrees_with_parse_frame_on_random_frames():
         assert fast == (number, msg.sequence_id)
 
 
-# --- the observed trace (protocol.md §1.5) -----------------------------------------------------
+# --- a trace of the real TS server and client (@dcl/rpc 1.1.2) ------------------------------------
 
 
 def test_trace_client_frames_parse():

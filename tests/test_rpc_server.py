@@ -342,8 +342,8 @@ def test_client_cancel_before_the_offer_is_acked():
 
 @pytest.mark.parametrize("seq", [0, 1, 7, 1000])
 def test_any_close_cancels_whatever_its_seq(seq):
-    # Quirk (d) in protocol.md: the TS server would drop a close that does not match the ack
-    # it is waiting for; we take every close as a cancel.
+    # The TS server (@dcl/rpc src/server.ts) honours a client close only while it waits for
+    # that exact ack, dropping closes sent at other moments; we take every close as a cancel.
     conn, _ = connected()
     n = open_stream(conn)
     conn.stream_send(n, b"item")  # waiting for ack 1
@@ -605,6 +605,20 @@ def test_port_and_stream_limits():
     open_stream(conn, 8)
 
 
+def test_defaults_bound_what_one_client_makes_the_server_hold():
+    # Real clients open one port named in about 15 characters and a handful of streams.
+    conn = RpcServerConnection(MODULES)
+    for n in range(1, 10):
+        conn.receive_frame(create_port(n))
+    frames = parsed(conn.data_to_send())
+    assert [t for t, _, _ in frames] == [T.CREATE_PORT_RESPONSE] * 8 + [T.REMOTE_ERROR_RESPONSE]
+    conn = RpcServerConnection(MODULES)
+    conn.receive_frame(create_port(1, "x" * 129))
+    assert remote_error(conn)[2] == "port name too long"
+    conn.receive_frame(create_port(2, "é" * 64))  # 128 bytes of UTF-8: accepted
+    assert parsed(conn.data_to_send())[0][0] == T.CREATE_PORT_RESPONSE
+
+
 # --- protocol violations ----------------------------------------------------------------------
 
 
@@ -683,7 +697,7 @@ def test_random_bytes_never_raise_anything_but_protocol_error():
     assert accepted > 100
 
 
-# --- the observed trace (protocol.md §1.5), server side byte for byte -------------------------
+# --- a trace of the real TS server and client (@dcl/rpc 1.1.2), server side byte for byte ---------
 
 
 def test_server_reproduces_its_side_of_the_trace():

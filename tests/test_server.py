@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -29,15 +28,12 @@ from presenced.server.app import serve
 from presenced.server.config import ServerConfig
 from presenced.store.memory import MemoryStore
 from presenced.v1 import presence_pb2 as pb
+from tests.support.waits import now_ms, wait_until
 
 USERS = [Identity.generate(random.Random(i)) for i in range(4)]
 ALICE, BOB, CAROL, DAVE = USERS
 ONLINE = pb.ONLINE
 OFFLINE = pb.OFFLINE
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Running:
@@ -64,12 +60,6 @@ async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), **overrid
         yield Running(hub, shutdown)
     finally:
         shutdown.set()
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def expect_close(ws, timeout: float = 5.0) -> int:
@@ -190,17 +180,18 @@ async def test_unchanged_heartbeat_tells_nobody(nursery):
                 assert moved.position.x == 2  # the unchanged one produced nothing
 
 
-async def test_heartbeat_errors_are_typed(nursery):
+async def test_heartbeat_errors_are_typed(nursery, mock_clock):
+    # The server's clock follows trio's: jumping the mock clock refills the rate limiter.
     async with running(nursery, engine=EngineConfig(heartbeat_burst=1)) as srv:
         async with srv.client(BOB) as bob:
             assert (await bob.heartbeat("", 0, 0)).WhichOneof("response") == "bad_request"
-            await trio.sleep(1.0)
+            mock_clock.jump(1.0)
             assert (await bob.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
             limited = await bob.heartbeat("main", 1, 0)
             assert limited.WhichOneof("response") == "too_many_requests"
             assert 0 < limited.too_many_requests.retry_after_ms <= 1000
             too_far = Position("main", 5000, 0)
-            await trio.sleep(1.0)
+            mock_clock.jump(1.0)
             r = await bob.heartbeat(too_far.realm, too_far.x, too_far.y)
             assert r.WhichOneof("response") == "bad_request"
             assert "x outside" in r.bad_request.message
@@ -220,7 +211,10 @@ async def test_get_online_friends_streams_batches_of_at_most_100(nursery):
         await srv.hub.add_friendships((ALICE.address, f) for f in friends)
         for f in friends:
             srv.hub.inject_presence(f, Position("main", 1, 1))
-        stream = await alice._stream("GetOnlineFriends", pb.UsersResponse)
+        stream = await alice.open_stream(
+            alice.procedures["GetOnlineFriends"],
+            lambda raw: list(pb.UsersResponse.FromString(raw).users),
+        )
         sizes = [len(batch) async for batch in stream]
         assert sizes == [100, 100, 50]
 
@@ -265,6 +259,43 @@ async def test_oversized_frame_closes_with_1009_and_spares_others(nursery):
             assert gone.status == OFFLINE
         assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
     assert srv.hub.metrics.bad_input["oversized"] == 1
+
+
+async def test_a_heartbeat_flood_closes_that_connection_with_1008_only(nursery):
+    async with running(nursery) as srv, srv.client(ALICE) as alice:
+        async with alice.subscribe() as updates, srv.client(BOB) as bob:
+            await updates.next_batch()
+            payload = pb.PositionPayload(position=pb.Position(realm="r", x=1, y=1))
+            # Hundreds of heartbeats without waiting for answers: far over 1 a second.
+            for _ in range(300):
+                bob._rpc.call(bob.port_id, bob.procedures["PositionHeartbeat"],
+                              payload.SerializeToString())
+            with pytest.raises(ConnectionEnded) as info:
+                with trio.fail_after(5):
+                    await bob.heartbeat("main", 1, 1)
+            assert (info.value.code, info.value.reason) == (
+                1008, "too many heartbeats: heartbeats far over the limit of 1 per second")
+            # Friends hear that Bob went offline, as after any other close.
+            with trio.fail_after(5):
+                while not any(u.address == BOB.address and u.status == OFFLINE
+                              for u in await updates.next_batch()):
+                    pass
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.disconnects["heartbeat-flood"] == 1
+
+
+async def test_a_message_flood_closes_that_connection_with_1008_only(nursery):
+    async with running(nursery, max_messages_per_s=100, message_burst=200) as srv, \
+            srv.client(ALICE) as alice, srv.client(BOB) as bob:
+        # Frames that change nothing (DESTROY_PORT of no port) but must each be read.
+        for _ in range(400):
+            bob._rpc.destroy_port(999, fresh_number=True)
+        with pytest.raises(ConnectionEnded) as info:
+            with trio.fail_after(5):
+                await bob.heartbeat("main", 1, 1)
+        assert (info.value.code, info.value.reason) == (1008, "too many messages")
+        assert (await alice.heartbeat("main", 0, 0)).WhichOneof("response") == "position"
+    assert srv.hub.metrics.disconnects["flood"] == 1
 
 
 async def test_unparseable_rpc_frame_closes_that_connection_with_1002_only(nursery):

@@ -252,7 +252,8 @@ def test_simulate_against_a_stopped_daemon_fails_in_one_line():
     for extra in ([], ["--no-seed"]):
         result = run_simulate("--target", target, *extra, admin_url=admin, timeout=30)
         assert result.returncode == 1
-        assert result.stdout == ""
+        # --json: the error is also the one JSON document on stdout.
+        assert json.loads(result.stdout)["code"] == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
         expected = "cannot connect to ws://" if extra else "cannot reach the admin endpoint"

@@ -6,8 +6,6 @@ which only the Redis store has, is in tests/test_redis_store.py.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from presenced.engine import EngineConfig
@@ -15,12 +13,10 @@ from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
 from presenced.store.base import BlockChanged, BlockLists, FriendshipChanged, Store
 from presenced.store.memory import MemoryStore
+from tests.support.waits import now_ms
 
 TTL = 1_000
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def online(address: str, at: int, realm: str | None = "main", x: int = 1, y: int = 2) -> Presence:

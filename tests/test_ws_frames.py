@@ -1,12 +1,10 @@
-"""InboundFrames: the splitter plus wsproto read exactly what wsproto alone reads."""
+"""presenced.ws.frames: the splitter plus wsproto read exactly what wsproto alone reads."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-import trio
-from trio_websocket import ConnectionClosed, serve_websocket
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import (
     BytesMessage,
@@ -19,9 +17,7 @@ from wsproto.events import (
 )
 from wsproto.frame_protocol import Opcode
 
-from presenced.client import open_websocket
-from presenced.server.ws_frames import InboundFrames, unmask
-from presenced.server.ws_receiver import attach_receiver
+from presenced.ws.frames import InboundFrames, binary_frame, masked_frame, unmask
 
 LIMIT = 1000
 
@@ -29,6 +25,16 @@ LIMIT = 1000
 def client_frames(events: list[Event]) -> bytes:
     client = Connection(ConnectionType.CLIENT)
     return b"".join(client.send(e) for e in events)
+
+
+def server_frames(events: list[Event]) -> bytes:
+    server = Connection(ConnectionType.SERVER)
+    return b"".join(server.send(e) for e in events)
+
+
+# The role of the reading side: the server reads a client's masked frames,
+# the client a server's unmasked ones.
+READER = {"server": ConnectionType.SERVER, "client": ConnectionType.CLIENT}
 
 
 def raw_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
@@ -45,8 +51,8 @@ def raw_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def wsproto_alone(stream: bytes, chunks: list[int]) -> list[tuple]:
-    server = Connection(ConnectionType.SERVER)
+def wsproto_alone(stream: bytes, chunks: list[int], role: str = "server") -> list[tuple]:
+    server = Connection(READER[role])
     out: list[tuple] = []
     pos = 0
     for size in chunks:
@@ -56,9 +62,10 @@ def wsproto_alone(stream: bytes, chunks: list[int]) -> list[tuple]:
     return merge(out)
 
 
-def split_then_wsproto(stream: bytes, chunks: list[int]) -> tuple[list[tuple], int]:
-    server = Connection(ConnectionType.SERVER)
-    frames = InboundFrames(LIMIT)
+def split_then_wsproto(stream: bytes, chunks: list[int],
+                       role: str = "server") -> tuple[list[tuple], int]:
+    server = Connection(READER[role])
+    frames = InboundFrames(LIMIT, masked=role == "server")
     frames.synced()
     out: list[tuple] = []
     fast = 0
@@ -115,7 +122,7 @@ def random_chunks(total: int, rng: random.Random) -> list[int]:
     return chunks
 
 
-def mixed_stream(rng: random.Random) -> bytes:
+def mixed_stream(rng: random.Random, role: str = "server") -> bytes:
     events: list[Event] = []
     for _ in range(rng.randrange(5, 40)):
         kind = rng.random()
@@ -133,17 +140,48 @@ def mixed_stream(rng: random.Random) -> bytes:
             events.append(Ping(payload=b"mid"))
             events.append(BytesMessage(data=b"frag-2", message_finished=True))
     events.append(CloseConnection(code=1000))
-    return client_frames(events)
+    return client_frames(events) if role == "server" else server_frames(events)
 
 
+@pytest.mark.parametrize("role", ["server", "client"])
 @pytest.mark.parametrize("seed", range(200))
-def test_any_chunking_of_a_mixed_stream_reads_the_same_as_wsproto(seed):
+def test_any_chunking_of_a_mixed_stream_reads_the_same_as_wsproto(seed, role):
     rng = random.Random(seed)
-    stream = mixed_stream(rng)
+    stream = mixed_stream(rng, role)
     chunks = random_chunks(len(stream), rng)
-    expected = wsproto_alone(stream, chunks)
-    got, fast = split_then_wsproto(stream, chunks)
+    expected = wsproto_alone(stream, chunks, role)
+    got, fast = split_then_wsproto(stream, chunks, role)
     assert got == expected
+
+
+def test_a_client_reads_a_servers_binary_frames_itself_and_leaves_masked_ones():
+    stream = server_frames([BytesMessage(data=bytes([i]) * i) for i in range(200)])
+    got, fast = split_then_wsproto(stream, random_chunks(len(stream), random.Random(2)),
+                                   "client")
+    assert fast == 200
+    assert got == [("bytes", bytes([i]) * i) for i in range(200)]
+    # A masked frame from a server is wsproto's to refuse.
+    frames = InboundFrames(LIMIT, masked=False)
+    frames.synced()
+    masked = raw_frame(0x2, b"abc")
+    assert frames.feed(masked) == ([], masked)
+
+
+def test_the_splitter_knows_when_wsproto_is_between_messages():
+    frames = InboundFrames(LIMIT)
+    frames.synced()
+    assert frames.between_messages
+    frames.feed(raw_frame(0x2, b"part", fin=False))
+    assert not frames.between_messages
+    frames.feed(raw_frame(0x9, b"ping in the middle"))
+    assert not frames.between_messages
+    frames.feed(raw_frame(0x0, b"end"))
+    assert frames.between_messages
+    big = raw_frame(0x2, bytes(LIMIT + 10))
+    frames.feed(big[:50])
+    assert not frames.between_messages
+    frames.feed(big[50:])
+    assert frames.between_messages
 
 
 def test_plain_binary_messages_never_reach_wsproto():
@@ -201,48 +239,12 @@ def test_unmask_matches_the_byte_by_byte_definition(n):
     assert unmask(key, payload) == bytes(b ^ kb[i % 4] for i, b in enumerate(payload))
 
 
-async def test_over_a_real_connection_messages_are_read_by_the_splitter(nursery):
-    """The wsproto internals `attach_receiver` checks are where it expects them."""
-    received: list[bytes | str] = []
-    done = trio.Event()
-    state: dict[str, object] = {}
-
-    async def handler(request):
-        ws = await request.accept()
-        attach_receiver(ws, received.append)
-        try:
-            await ws.get_message()
-        except ConnectionClosed as e:
-            state["code"] = e.reason.code
-            state["in_sync"] = ws._stream._frames.in_sync
-        done.set()
-
-    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
-    async with open_websocket(f"ws://127.0.0.1:{server.port}/") as ws:
-        for i in range(50):
-            await ws.send_message(f"m{i}".encode())
-            if i == 10:
-                await ws.ping(b"alive")
-            if i == 20:
-                await ws.send_message("a text one")
-        await trio.sleep(0.1)
-        await ws.aclose(4000, "bye")
-    with trio.fail_after(5):
-        await done.wait()
-    expected: list[bytes | str] = [f"m{i}".encode() for i in range(50)]
-    expected.insert(21, "a text one")
-    assert received == expected
-    assert state == {"code": 4000, "in_sync": True}
-
-
 def test_opcode_names_used_here_are_wsprotos():
     assert Opcode.BINARY == 0x2 and Opcode.CONTINUATION == 0x0 and Opcode.PING == 0x9
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_binary_frame_is_what_wsproto_writes(n):
-    from presenced.server.ws_frames import binary_frame
-
     server = Connection(ConnectionType.SERVER)
     payload = random.Random(n).randbytes(n)
     assert binary_frame(payload) == server.send(BytesMessage(data=payload))
@@ -259,10 +261,8 @@ def test_release_hands_back_a_held_partial_frame_and_stops_reading():
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 65535, 65536])
-def test_the_generators_masked_frames_read_back_through_wsproto(n):
-    from presenced.simulate.wire import _OP_BINARY, _frame
-
+def test_masked_client_frames_read_back_through_wsproto(n):
     server = Connection(ConnectionType.SERVER)
     payload = random.Random(n).randbytes(n)
-    server.receive_data(_frame(_OP_BINARY, payload))
+    server.receive_data(masked_frame(0x2, payload, 0x5A5AA5A5 ^ n))
     assert merge(summarize(server.events())) == [("bytes", payload)]

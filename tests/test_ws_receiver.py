@@ -67,3 +67,37 @@ async def test_an_oversized_message_still_ends_the_connection_with_1009(nursery)
             while "code" not in ended:
                 await trio.sleep(0.01)
     assert ended["code"] == 1009
+
+
+async def test_over_a_real_connection_messages_are_read_by_the_splitter(nursery):
+    """The wsproto internals `attach_receiver` checks are where it expects them."""
+    received: list[bytes | str] = []
+    done = trio.Event()
+    state: dict[str, object] = {}
+
+    async def handler(request):
+        ws = await request.accept()
+        attach_receiver(ws, received.append)
+        try:
+            await ws.get_message()
+        except ConnectionClosed as e:
+            state["code"] = e.reason.code
+            state["in_sync"] = ws._stream._frames.in_sync
+        done.set()
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    async with open_websocket(f"ws://127.0.0.1:{server.port}/") as ws:
+        for i in range(50):
+            await ws.send_message(f"m{i}".encode())
+            if i == 10:
+                await ws.ping(b"alive")
+            if i == 20:
+                await ws.send_message("a text one")
+        await trio.sleep(0.1)
+        await ws.aclose(4000, "bye")
+    with trio.fail_after(5):
+        await done.wait()
+    expected: list[bytes | str] = [f"m{i}".encode() for i in range(50)]
+    expected.insert(21, "a text one")
+    assert received == expected
+    assert state == {"code": 4000, "in_sync": True}

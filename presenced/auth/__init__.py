@@ -1,6 +1,7 @@
 """Login verification (AuthChain over signed-fetch headers) and the matching client side.
 
-Pure functions: no I/O, no trio. See protocol.md §2 for the wire facts.
+Pure functions: no I/O, no trio. The format is that of Decentraland's signed fetch
+(`@dcl/crypto`, `@dcl/crypto-middleware`); docs/protocol.md describes the login frame.
 """
 
 from presenced.auth.authchain import (

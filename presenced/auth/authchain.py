@@ -1,6 +1,7 @@
 """Server-side verification of the login frame: signed-fetch headers carrying an AuthChain.
 
-Follows protocol.md §2.2 (what `@dcl/crypto-middleware` + `@dcl/crypto` accept), with two
+Accepts what `@dcl/crypto-middleware` and `@dcl/crypto` accept (the public npm packages;
+their `Authenticator.validateSignature` and `verify` are the reference), with two
 deliberate differences: contract wallets (EIP-1654) are refused instead of being delegated to a
 Catalyst, and timestamps too far in the future are refused too.
 

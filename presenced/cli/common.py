@@ -13,13 +13,17 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
-import httpx
 import typer
-from rich.console import Console
 
 from presenced.model import normalize_address
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# httpx and rich are imported where used: shell completion imports this
+# module on every TAB, and they take longer to import than the rest of it.
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8086"
 
@@ -60,24 +64,43 @@ def report(message: str) -> None:
 
 
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Reports CliError on one line and turns Ctrl-C into exit status 130."""
+    """Reports CliError on one line and turns Ctrl-C into exit status 130.
+
+    With --json (a `json_output` argument) the error is also printed on
+    stdout as `{"error": message, "code": exit status}`, so a script reading
+    stdout always gets one JSON document; the exit status is the same.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("json_output"))
         try:
             return command(*args, **kwargs)
         except CliError as e:
-            report(str(e))
+            _report_error(str(e), e.code, as_json, getattr(e, "body", None))
             raise typer.Exit(e.code) from None
         except KeyboardInterrupt:
+            _report_error("interrupted", EXIT_INTERRUPTED, as_json)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BaseExceptionGroup as group:
             # Ctrl-C inside a trio nursery arrives wrapped in a group.
             if group.subgroup(KeyboardInterrupt) is not None:
+                _report_error("interrupted", EXIT_INTERRUPTED, as_json)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             raise
 
     return wrapper
+
+
+def _report_error(message: str, code: int, as_json: bool, body: Any = None) -> None:
+    if code != EXIT_INTERRUPTED:
+        report(message)
+    if as_json:
+        document: dict[str, Any] = {"error": message, "code": code}
+        if isinstance(body, dict):
+            # The daemon's own details (the malformed lines of an import…).
+            document["response"] = body
+        print_json(document)
 
 
 def address_argument(value: str, what: str = "address") -> str:
@@ -89,6 +112,8 @@ def address_argument(value: str, what: str = "address") -> str:
 
 
 def stdout_console() -> Console:
+    from rich.console import Console
+
     # No markup or emoji codes: realms and file names are shown as they are.
     options: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
     console = Console(**options)
@@ -99,6 +124,8 @@ def stdout_console() -> Console:
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
@@ -122,8 +149,15 @@ class AdminClient:
     """Calls the admin API; every failure becomes a CliError with a clear message."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        import httpx
+
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        from presenced import __version__
+
+        # Names the tool in the daemon's audit trail.
+        headers = {"User-Agent": f"presenced/{__version__} {_command_name()}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             # trust_env=False: a proxy from the environment must not capture
             # calls to a daemon on loopback.
@@ -147,6 +181,8 @@ class AdminClient:
         A 4xx/5xx answer's body is kept on the error as `.body` so callers can
         report details (such as the malformed lines of an import).
         """
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as e:
@@ -173,6 +209,12 @@ class AdminClient:
                 message = response.text.strip()[:200] or response.reason_phrase
             raise ApiFailure(f"{message} ({status})", status, body)
         return body
+
+
+def _command_name() -> str:
+    """`who-online`, `friends add`…: the subcommand this process runs."""
+    words = [a for a in sys.argv[1:3] if a[:1].isalpha() and a.replace("-", "").isalpha()]
+    return " ".join(words) or "cli"
 
 
 class ApiFailure(CliError):

@@ -10,8 +10,9 @@ builds (`typer.main.get_command`), walking every command and subcommand, so
 a new command gets a page without anyone touching this file, and every
 option appears with the same help, default, range and environment variable
 as in `--help`. This avoids help2man (a system package, and it parses help
-text laid out for a terminal) and click-man (it drops Typer's options, see
-the stack notes). The output depends on nothing but the code: no date, no
+text laid out for a terminal) and click-man (it filters options on
+`isinstance(x, click.Option)`, which Typer's options are not, so it drops
+them). The output depends on nothing but the code: no date, no
 terminal width, no environment.
 
 Completion scripts are Typer's own (`_PRESENCED_COMPLETE=source_<shell>`).
@@ -50,9 +51,15 @@ EXIT_STATUS = (
     ("130", "Interrupted with Ctrl-C."),
 )
 SERVE_EXIT_STATUS = (
-    ("0", "Stopped by SIGTERM or SIGINT (Ctrl-C) after closing every connection."),
-    ("2", "The configuration cannot be served: a port in use, an unreadable or malformed "
-          "--friends file, or a non-loopback --admin-host without PRESENCED_ADMIN_TOKEN."),
+    ("0", "Stopped by SIGTERM or SIGINT (Ctrl-C) after closing every connection, or during "
+          "start-up; with --check, the configuration is valid."),
+    ("1", "Start-up did not complete within --startup-timeout (Redis never answered); one "
+          "line on standard error says what it was waiting for."),
+    ("2", "A usage error (one line on standard error: an unknown option, a value out of "
+          "range such as a port past 65535, an unknown --log-level) or a configuration that "
+          "cannot be served: a port in use, an unreadable or malformed --friends file, a "
+          "--redis-url that is not redis://, rediss:// or unix://, or a non-loopback "
+          "--admin-host without PRESENCED_ADMIN_TOKEN."),
 )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from presenced.cli.common import (
     DEFAULT_ADMIN_URL,
@@ -105,6 +104,8 @@ def list_(
         return
     console = stdout_console()
     if result["friends"]:
+        from rich.table import Table
+
         table = Table("Friend")
         table.columns[0].no_wrap = True
         for friend in result["friends"]:

@@ -8,18 +8,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from presenced.cli import seed_db
 from presenced.cli.common import (
@@ -37,8 +28,15 @@ from presenced.cli.common import (
     report,
     stderr_console,
 )
-from presenced.socialgraph import SocialGraph, check_parameters, user_address
-from presenced.store.friends_file import LineError, parse_friendships
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from presenced.store.friends_file import LineError
+
+# Modules that take a while to import (rich's widgets, the graph generator
+# and its key derivation) are imported where used: shell completion runs
+# this module on every TAB.
 
 app = typer.Typer(
     name="seed",
@@ -122,6 +120,8 @@ def friendships(
     assert file is not None
     name = "<stdin>" if str(file) == "-" else str(file)
     lines = _read_lines(file)
+    from presenced.store.friends_file import parse_friendships
+
     pairs, errors = parse_friendships(lines)
     if errors:
         _report_line_errors(name, errors, len(errors))
@@ -141,9 +141,13 @@ def _random_friendships(
     admin_url: str, token: str | None, json_output: bool, db: str | None = None,
 ) -> None:
     try:
+        from presenced.socialgraph import check_parameters
+
         check_parameters(users, avg_friends)
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
+    from presenced.socialgraph import SocialGraph
+
     graph = SocialGraph.generate(users, avg_friends, seed)
     with _progress() as progress:
         task = progress.add_task("deriving user addresses", total=users)
@@ -181,8 +185,10 @@ def _read_lines(file: Path) -> list[str]:
     try:
         if str(file) == "-":
             # Universal newlines, as the daemon reads files, so line numbers agree.
-            return io.StringIO(sys.stdin.buffer.read().decode("utf-8"), newline=None).readlines()
-        with open(file, encoding="utf-8", newline=None) as f:
+            # utf-8-sig: a byte-order mark (spreadsheets write one) is dropped.
+            text = sys.stdin.buffer.read().decode("utf-8-sig")
+            return io.StringIO(text, newline=None).readlines()
+        with open(file, encoding="utf-8-sig", newline=None) as f:
             return f.readlines()
     except UnicodeDecodeError as e:
         fail(f"{file}: not UTF-8 text (byte {e.start})")
@@ -329,6 +335,8 @@ def _random_users(
 ) -> list[dict[str, Any]]:
     if count > population:
         fail(f"--random {count} is more than --users {population}", EXIT_USAGE)
+    from presenced.socialgraph import user_address
+
     min_x, min_y, max_x, max_y = _parse_area(area)
     rng = random.Random(f"{seed}:presence")
     indices = sorted(rng.sample(range(population), count))
@@ -377,6 +385,16 @@ def _parse_area(text: str) -> tuple[int, int, int, int]:
 
 @contextmanager
 def _progress() -> Iterator[Progress]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     # Only on a terminal: in logs and pipes a progress bar is noise.
     console = stderr_console()
     with Progress(

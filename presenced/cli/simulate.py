@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -12,6 +13,7 @@ import typer
 from presenced.cli.common import (
     DEFAULT_ADMIN_URL,
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     AdminClient,
     AdminUrlOption,
@@ -27,11 +29,14 @@ from presenced.cli.common import (
 )
 from presenced.cli.seed import _parse_area, _send_lines
 from presenced.cli.seed_db import check_db_url, database_graph
-from presenced.simulate import Coordinator, SimConfig, SimulationError
 from presenced.simulate.plan import DEFAULT_AREA, DEFAULT_REALMS
-from presenced.simulate.report import summary_table
-from presenced.simulate.ui import LiveView
-from presenced.socialgraph import SocialGraph, check_parameters
+
+if TYPE_CHECKING:
+    from presenced.simulate.plan import SimConfig
+    from presenced.socialgraph import SocialGraph
+
+# The simulator itself (its processes, trio, rich's live display) is
+# imported when a run starts: shell completion imports this module.
 
 DEFAULT_TARGET = "ws://127.0.0.1:8085/"
 # Margin over the daemon's offline grace before views are compared.
@@ -43,9 +48,10 @@ ASSUMED_GRACE_S = 5.0
 @handle_errors
 def simulate(
     targets: Annotated[list[str] | None, typer.Option(
-        "--target", metavar="URL", show_default=False,
-        help=f"WebSocket URL of a daemon; repeat to spread the users round-robin over "
-             f"several (default: {DEFAULT_TARGET}).")] = None,
+        "--target", metavar="URL", show_default=False, envvar="PRESENCED_TARGET",
+        help="WebSocket URL of a daemon; repeat to spread the users round-robin over "
+             "several (default: the WebSocket port of the daemon at --admin-url, on that "
+             f"host; {DEFAULT_TARGET} if it cannot tell).")] = None,
     users: Annotated[int, typer.Option(
         "--users", min=2, metavar="N",
         help="Users in the social graph (the graph of `seed friendships --random` with the "
@@ -158,16 +164,22 @@ def simulate(
     is printed, or with --json one JSON object. Exit status 1 if any virtual
     user saw a protocol error (a remote error, an unexpected close, a bad
     frame, a failed login, a refused heartbeat) or an update was undelivered.
+
+    Ctrl-C or SIGTERM stops the run early: the users disconnect and the
+    summary of what was measured until then is printed (marked interrupted,
+    exit status 130); a second one aborts at once. A run whose --duration is
+    shorter than one heartbeat interval (--heartbeat-interval / --speed)
+    measures little: it is warned about.
     """
+    from presenced.simulate.plan import SimConfig
+    from presenced.socialgraph import check_parameters
+
     check = _Checks()
     try:
         check_parameters(users, avg_friends)
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
-    target_list = tuple(targets or [DEFAULT_TARGET])
     sources = tuple(s.strip() for s in (source_addresses or "").split(",") if s.strip())
-    for url in target_list:
-        check.target(url, bound=bool(sources))
     for source in sources:
         check.source(source)
     min_x, min_y, max_x, max_y = _parse_area(area)
@@ -175,6 +187,9 @@ def simulate(
         check_db_url(friends_db)
         no_seed = True
     status = _daemon_status(admin_url, token, required=not no_seed)
+    target_list = tuple(targets or [default_target(admin_url, status)])
+    for url in target_list:
+        check.target(url, bound=bool(sources))
     engine = (status or {}).get("engine", {})
     grace_s = engine.get("offline_grace_ms", ASSUMED_GRACE_S * 1000) / 1000.0
     config = SimConfig(
@@ -207,23 +222,63 @@ def simulate(
         _check_engine_limits(config, engine)
     for url in target_list:
         _probe(url)
+    if config.duration_s < config.heartbeat_real_s:
+        report(f"warning: --duration {config.duration_s:g} s is shorter than one heartbeat "
+               f"interval ({config.heartbeat_real_s:g} s: --heartbeat-interval "
+               f"{config.heartbeat_interval_s:g} / --speed {config.speed:g}), so few friends "
+               f"move during the load and notify latency may have no samples; use --speed "
+               f"{config.heartbeat_interval_s * 3 / max(config.duration_s, 1):.3g} or a longer "
+               f"--duration")
 
-    seeder = None if no_seed else _seeder(admin_url, token)
     loader = database_graph(friends_db) if friends_db is not None else None
-    with LiveView(stderr_console(), enabled=True) as ui:
-        try:
-            summary = Coordinator(config, ui, seeder, loader).run()
-        except SimulationError as e:
-            fail(f"simulate: {e}")
+    summary = _run(config, None if no_seed else _seeder(admin_url, token), loader)
     if json_output:
         print_json(summary)
     else:
+        from presenced.simulate.report import summary_table
+
         stdout_console().print(summary_table(summary))
         _explain_failures(summary)
+    if summary.get("interrupted"):
+        report("simulate interrupted: the summary covers the run until the stop")
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not summary["ok"]:
         report(f"simulate failed: {summary['errors']} errors, {summary['undelivered']} "
                "undelivered updates")
         raise typer.Exit(EXIT_ERROR)
+
+
+def _run(config: SimConfig, seeder: Any, loader: Any = None) -> dict[str, Any]:
+    """The run, with Ctrl-C and SIGTERM turned into an early, reported stop."""
+    from presenced.simulate import Coordinator, SimulationError
+    from presenced.simulate.ui import LiveView
+
+    with LiveView(stderr_console(), enabled=True) as ui:
+        coordinator = Coordinator(config, ui, seeder, loader)
+
+        def on_signal(signum: int, frame: object) -> None:
+            if coordinator.interrupted:
+                # A second one: stop waiting for the users to wind down.
+                raise KeyboardInterrupt
+            coordinator.interrupt()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return coordinator.run()
+        except SimulationError as e:
+            fail(f"simulate: {e}")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def default_target(admin_url: str, status: dict[str, Any] | None) -> str:
+    """The WebSocket URL of the daemon behind `admin_url`: same host, its listening port."""
+    host = urlsplit(admin_url).hostname or "127.0.0.1"
+    listen = (status or {}).get("listen") or {}
+    port = listen.get("port") or urlsplit(DEFAULT_TARGET).port
+    host = f"[{host}]" if ":" in host else host
+    return f"ws://{host}:{port}/"
 
 
 def _explain_failures(summary: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from presenced.cli.common import (
     DEFAULT_ADMIN_URL,
@@ -53,6 +52,8 @@ def who_online(
     online = sorted(friends["online_friends"], key=lambda p: p["address"])
     now = friends["now_ms"]
     if online:
+        from rich.table import Table
+
         table = Table("Address", "Realm", "X", "Y", "Last seen")
         table.columns[0].no_wrap = True
         for column in table.columns[2:4]:

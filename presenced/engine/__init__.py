@@ -1,6 +1,7 @@
 """The presence engine: pure presence logic with an injected clock."""
 
 from presenced.engine.engine import (
+    Abusive,
     Accepted,
     BadRequest,
     EngineConfig,
@@ -9,15 +10,18 @@ from presenced.engine.engine import (
     PresenceEngine,
     TooManyRequests,
 )
-from presenced.engine.mailbox import Mailbox
+from presenced.engine.mailbox import FriendshipFeed, Mailbox, TransitionMailbox
 
 __all__ = [
+    "Abusive",
     "Accepted",
     "BadRequest",
     "EngineConfig",
     "EngineStats",
+    "FriendshipFeed",
     "HeartbeatOutcome",
     "Mailbox",
     "PresenceEngine",
     "TooManyRequests",
+    "TransitionMailbox",
 ]

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from presenced.engine.mailbox import Mailbox
+from presenced.engine.mailbox import FriendshipFeed, Mailbox, TransitionMailbox
 from presenced.model import Position, Presence, PresenceLeave, PresenceOp, PresenceWrite
 
 
@@ -35,6 +35,12 @@ class EngineConfig:
     # Token bucket per connection: sustained rate and burst of heartbeats.
     heartbeat_rate: float = 1.0
     heartbeat_burst: int = 2
+    # A connection that keeps sending far more heartbeats than it may is abusive: refused
+    # heartbeats spend from a second bucket of `abuse_strikes` that refills at
+    # `abuse_rate_factor` times the heartbeat rate. A client over its rate by less than that
+    # factor is only refused; one far over it empties the bucket and is disconnected.
+    abuse_strikes: int = 30
+    abuse_rate_factor: float = 3.0
     realm_max_bytes: int = 128
     min_x: int = -1000
     max_x: int = 1000
@@ -43,6 +49,9 @@ class EngineConfig:
     # A sign of life other than a heartbeat (a pong, any frame) is written to
     # the store at most this often per user: enough to keep its TTL alive.
     touch_write_interval_ms: int = 10_000
+    # Friendship changes waiting for one session's friendship stream (v2); past it the
+    # oldest is dropped.
+    friendship_events_max: int = 1_000
 
 
 @dataclass(slots=True)
@@ -57,6 +66,7 @@ class EngineStats:
     expired: int = 0
     updates_enqueued: int = 0
     updates_coalesced: int = 0
+    friendship_events_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +85,33 @@ class TooManyRequests:
     retry_after_ms: int
 
 
-HeartbeatOutcome = Accepted | BadRequest | TooManyRequests
+@dataclass(frozen=True, slots=True)
+class Abusive:
+    """The connection keeps exceeding its heartbeat rate by far: end it."""
+
+    message: str
+
+
+HeartbeatOutcome = Accepted | BadRequest | TooManyRequests | Abusive
 
 
 class _Session:
-    __slots__ = ("id", "user", "tokens", "tokens_at_ms", "mailbox")
+    # One subscription of each kind per connection: `mailbox` (ADR-246 presence),
+    # `transitions` (v2 connectivity) and `friendships` (v2 friendship changes).
+    __slots__ = ("id", "user", "tokens", "tokens_at_ms", "strikes", "mailbox", "transitions",
+                 "friendships")
 
-    def __init__(self, session_id: int, user: _User, tokens: float, now_ms: int) -> None:
+    def __init__(
+        self, session_id: int, user: _User, tokens: float, strikes: float, now_ms: int
+    ) -> None:
         self.id = session_id
         self.user = user
         self.tokens = tokens
         self.tokens_at_ms = now_ms
+        self.strikes = strikes
         self.mailbox: Mailbox | None = None
+        self.transitions: TransitionMailbox | None = None
+        self.friendships: FriendshipFeed | None = None
 
 
 class _User:
@@ -132,6 +157,9 @@ class PresenceEngine:
         self._grace: OrderedDict[str, int] = OrderedDict()
         # Friend address -> mailboxes of local subscribers who are that friend's friends.
         self._watchers: dict[str, set[Mailbox]] = {}
+        # The same for subscribers who hear only online/offline transitions (v2). Kept apart
+        # so that a position change costs them nothing and ADR-246 fan-out stays as it was.
+        self._transition_watchers: dict[str, set[Mailbox]] = {}
 
     # ----------------------------------------------------------------- queries
 
@@ -163,6 +191,16 @@ class PresenceEngine:
     def online_friends(self, session_id: int) -> list[Presence]:
         return self.presences(self._sessions[session_id].user.friends or ())
 
+    def online_friend_addresses(self, session_id: int) -> list[str]:
+        """The session's friends who are online now, sorted (no snapshots taken)."""
+        users = self._users
+        online = [
+            a for a in self._sessions[session_id].user.friends or ()
+            if (u := users.get(a)) is not None and u.online
+        ]
+        online.sort()
+        return online
+
     def owned_presences(self) -> list[Presence]:
         """Everyone this instance vouches for (to re-write a store that lost them)."""
         return [self._users[a].snapshot() for a in self._owned]
@@ -184,7 +222,9 @@ class PresenceEngine:
             user = self._users[address] = _User(address, now_ms)
         if not user.sessions:
             user.friends = {f for f in friends if f != address}
-        session = _Session(session_id, user, float(self.config.heartbeat_burst), now_ms)
+        config = self.config
+        session = _Session(session_id, user, float(config.heartbeat_burst),
+                           float(config.abuse_strikes), now_ms)
         user.sessions[session_id] = session
         self._sessions[session_id] = session
         # A reconnect inside the grace period is invisible to friends.
@@ -199,6 +239,11 @@ class PresenceEngine:
         del user.sessions[session_id]
         if session.mailbox is not None:
             self._drop_mailbox(session.mailbox, user)
+        if session.transitions is not None:
+            self._drop_mailbox(session.transitions, user)
+        if session.friendships is not None:
+            session.friendships.close()
+            session.friendships = None
         if user.sessions:
             return
         if user.address in self._owned:
@@ -223,18 +268,26 @@ class PresenceEngine:
         if session is None:
             return BadRequest("not logged in")
         config = self.config
-        tokens = min(
-            float(config.heartbeat_burst),
-            session.tokens + (now_ms - session.tokens_at_ms) * config.heartbeat_rate / 1000.0,
-        )
+        elapsed_ms = now_ms - session.tokens_at_ms
+        refill = elapsed_ms * config.heartbeat_rate / 1000.0
+        tokens = min(float(config.heartbeat_burst), session.tokens + refill)
         session.tokens_at_ms = now_ms
+        # Strikes refill with the same elapsed time, faster.
+        strikes = min(float(config.abuse_strikes),
+                      session.strikes + refill * config.abuse_rate_factor)
         if tokens < 1.0:
             session.tokens = tokens
             self.stats.heartbeats_rejected_rate += 1
+            if strikes < 1.0:
+                session.strikes = strikes
+                return Abusive(
+                    f"heartbeats far over the limit of {config.heartbeat_rate:g} per second")
+            session.strikes = strikes - 1.0
             retry = math.ceil((1.0 - tokens) * 1000.0 / config.heartbeat_rate)
             return TooManyRequests(
                 f"at most {config.heartbeat_rate:g} heartbeats per second", retry
             )
+        session.strikes = strikes
         session.tokens = tokens - 1.0
         error = self.validate_position(position)
         if error is not None:
@@ -287,7 +340,47 @@ class PresenceEngine:
             self._drop_mailbox(session.mailbox, user)
         mailbox = Mailbox(user.address)
         session.mailbox = mailbox
-        watchers = self._watchers
+        self._watch_friends(mailbox, user, self._watchers)
+        return mailbox
+
+    def subscribe_transitions(self, session_id: int) -> TransitionMailbox:
+        """Start a v2 connectivity subscription: online friends now, then only transitions.
+
+        Position and realm changes never reach it. As with `subscribe`, a second one on the
+        same connection replaces the first (whose mailbox closes); a `subscribe` one is
+        independent of it.
+        """
+        session = self._sessions[session_id]
+        user = session.user
+        if session.transitions is not None:
+            self._drop_mailbox(session.transitions, user)
+        mailbox = TransitionMailbox(user.address)
+        session.transitions = mailbox
+        self._watch_friends(mailbox, user, self._transition_watchers)
+        return mailbox
+
+    def subscribe_friendships(self, session_id: int) -> FriendshipFeed:
+        """Start a v2 friendship subscription: the user's friendships that begin or end.
+
+        A second one on the same connection replaces the first (whose feed closes).
+        """
+        session = self._sessions[session_id]
+        if session.friendships is not None:
+            session.friendships.close()
+        feed = FriendshipFeed(session.user.address, self.config.friendship_events_max)
+        session.friendships = feed
+        return feed
+
+    def unsubscribe_friendships(self, session_id: int, feed: FriendshipFeed) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None and session.friendships is feed:
+            session.friendships = None
+            feed.close()
+
+    def _watch_friends(
+        self, mailbox: Mailbox, user: _User, watchers: dict[str, set[Mailbox]]
+    ) -> None:
+        """Register `mailbox` for the user's friends and fill it with those online now."""
         users = self._users
         for friend in user.friends or ():
             box = watchers.get(friend)
@@ -297,11 +390,11 @@ class PresenceEngine:
             other = users.get(friend)
             if other is not None and other.online:
                 mailbox.put(other.snapshot())
-        return mailbox
 
     def unsubscribe(self, session_id: int, mailbox: Mailbox) -> None:
+        """End a subscription of either kind (`subscribe` or `subscribe_transitions`)."""
         session = self._sessions.get(session_id)
-        if session is not None and session.mailbox is mailbox:
+        if session is not None and mailbox in (session.mailbox, session.transitions):
             self._drop_mailbox(mailbox, session.user)
 
     # -------------------------------------------------------------- friendships
@@ -337,16 +430,16 @@ class PresenceEngine:
         user.remote.add(instance)
         if presence.last_seen_ms > user.last_seen_ms:
             user.last_seen_ms = presence.last_seen_ms
-        changed = False
+        changed = transition = False
         if presence.position is not None and presence.position != user.position:
             user.position = presence.position
             changed = True
         if not user.online:
             user.online = True
             self.stats.went_online += 1
-            changed = True
+            changed = transition = True
         if changed:
-            self._notify(user, presence.last_seen_ms)
+            self._notify(user, presence.last_seen_ms, transition)
 
     def apply_remote_leave(self, address: str, instance: str, now_ms: int) -> None:
         """Another instance no longer vouches for a user."""
@@ -394,18 +487,18 @@ class PresenceEngine:
             if presence.last_seen_ms > user.last_seen_ms:
                 user.last_seen_ms = presence.last_seen_ms
             owned = presence.address in self._owned
-            changed = False
+            changed = transition = False
             if presence.position is not None and presence.position != user.position and not owned:
                 user.position = presence.position
                 changed = True
             if not user.online and owners:
                 user.online = True
                 self.stats.went_online += 1
-                changed = True
+                changed = transition = True
             if user.online and not owners and not owned:
                 self._go_offline(user, now_ms)
             elif changed:
-                self._notify(user, now_ms)
+                self._notify(user, now_ms, transition)
         for address in [a for a, u in self._users.items() if u.remote and a not in seen]:
             user = self._users[address]
             user.remote.clear()
@@ -463,12 +556,13 @@ class PresenceEngine:
         user.last_seen_ms = now_ms
         self._owned[user.address] = now_ms
         self._owned.move_to_end(user.address)
-        if not user.online:
+        transition = not user.online
+        if transition:
             user.online = True
             self.stats.went_online += 1
             changed = True
         if changed:
-            self._notify(user, now_ms)
+            self._notify(user, now_ms, transition)
         if changed or force_write or newly_owned:
             self._write(user, now_ms, changed)
         elif now_ms - user.written_ms >= self._touch_write_ms:
@@ -499,7 +593,7 @@ class PresenceEngine:
     def _go_offline(self, user: _User, now_ms: int) -> None:
         user.online = False
         self.stats.went_offline += 1
-        self._notify(user, now_ms)
+        self._notify(user, now_ms, True)
         if not user.sessions:
             self._forget(user)
 
@@ -507,8 +601,15 @@ class PresenceEngine:
         if not user.sessions and not user.remote and user.address not in self._owned:
             self._users.pop(user.address, None)
 
-    def _notify(self, user: _User, changed_ms: int) -> None:
+    def _notify(self, user: _User, changed_ms: int, transition: bool) -> None:
+        """Tell the subscribers watching `user` of a change (`transition`: online or offline).
+
+        The hot path: a position change costs one `put` per ADR-246 watcher and nothing else.
+        """
         boxes = self._watchers.get(user.address)
+        if transition and user.address in self._transition_watchers:
+            self._notify_transition(user, changed_ms, boxes)
+            return
         if not boxes:
             return
         presence = user.snapshot(changed_ms)
@@ -519,11 +620,28 @@ class PresenceEngine:
         stats.updates_enqueued += len(boxes)
         stats.updates_coalesced += coalesced
 
+    def _notify_transition(
+        self, user: _User, changed_ms: int, boxes: set[Mailbox] | None
+    ) -> None:
+        """An online/offline transition watched by v2 subscribers too: one shared snapshot."""
+        presence = user.snapshot(changed_ms)
+        coalesced = enqueued = 0
+        for group in (boxes or (), self._transition_watchers[user.address]):
+            for box in group:
+                coalesced += box.put(presence)
+            enqueued += len(group)
+        stats = self.stats
+        stats.updates_enqueued += enqueued
+        stats.updates_coalesced += coalesced
+
     def _drop_mailbox(self, mailbox: Mailbox, user: _User) -> None:
+        transitions = isinstance(mailbox, TransitionMailbox)
         for session in user.sessions.values():
             if session.mailbox is mailbox:
                 session.mailbox = None
-        watchers = self._watchers
+            if session.transitions is mailbox:
+                session.transitions = None
+        watchers = self._transition_watchers if transitions else self._watchers
         for friend in user.friends or ():
             box = watchers.get(friend)
             if box is not None:
@@ -532,44 +650,74 @@ class PresenceEngine:
                     del watchers[friend]
         mailbox.close()
 
-    def _mailboxes(self, user: _User) -> list[Mailbox]:
-        return [s.mailbox for s in user.sessions.values() if s.mailbox is not None]
+    def _subscriptions(
+        self, user: _User
+    ) -> tuple[list[Mailbox], list[Mailbox], list[FriendshipFeed]]:
+        """The user's open subscriptions: ADR-246, v2 connectivity, v2 friendship."""
+        boxes: list[Mailbox] = []
+        transitions: list[Mailbox] = []
+        feeds: list[FriendshipFeed] = []
+        for s in user.sessions.values():
+            if s.mailbox is not None:
+                boxes.append(s.mailbox)
+            if s.transitions is not None:
+                transitions.append(s.transitions)
+            if s.friendships is not None:
+                feeds.append(s.friendships)
+        return boxes, transitions, feeds
 
     def _link(self, address: str, friend: str) -> None:
         user = self._users.get(address)
         if user is None or user.friends is None or friend in user.friends:
             return
         user.friends.add(friend)
-        boxes = self._mailboxes(user)
-        if not boxes:
+        boxes, transitions, feeds = self._subscriptions(user)
+        for feed in feeds:
+            self._feed_put(feed, friend, True)
+        if not boxes and not transitions:
             return
-        watching = self._watchers.setdefault(friend, set())
         other = self._users.get(friend)
         presence = other.snapshot() if other is not None and other.online else None
-        for box in boxes:
-            watching.add(box)
-            if presence is not None:
-                box.put(presence)
+        for watchers, group in ((self._watchers, boxes), (self._transition_watchers, transitions)):
+            if not group:
+                continue
+            watching = watchers.setdefault(friend, set())
+            for box in group:
+                watching.add(box)
+                if presence is not None:
+                    box.put(presence)
 
     def _unlink(self, address: str, friend: str, now_ms: int) -> None:
         user = self._users.get(address)
         if user is None or user.friends is None or friend not in user.friends:
             return
         user.friends.discard(friend)
-        boxes = self._mailboxes(user)
-        watching = self._watchers.get(friend)
-        if watching is not None:
-            watching.difference_update(boxes)
-            if not watching:
-                del self._watchers[friend]
+        boxes, transitions, feeds = self._subscriptions(user)
+        for feed in feeds:
+            self._feed_put(feed, friend, False)
         other = self._users.get(friend)
-        if other is not None and other.online:
-            gone = Presence(friend, False, None, other.last_seen_ms)
-            for box in boxes:
-                box.put(gone)
+        gone = (
+            Presence(friend, False, None, other.last_seen_ms)
+            if other is not None and other.online else None
+        )
+        for watchers, group in ((self._watchers, boxes), (self._transition_watchers, transitions)):
+            watching = watchers.get(friend)
+            if watching is not None:
+                watching.difference_update(group)
+                if not watching:
+                    del watchers[friend]
+            if gone is not None:
+                for box in group:
+                    box.put(gone)
+
+    def _feed_put(self, feed: FriendshipFeed, friend: str, added: bool) -> None:
+        dropped = feed.dropped
+        feed.put(friend, added)
+        self.stats.friendship_events_dropped += feed.dropped - dropped
 
 
 __all__ = [
+    "Abusive",
     "Accepted",
     "BadRequest",
     "EngineConfig",

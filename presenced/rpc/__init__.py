@@ -19,7 +19,6 @@ from presenced.rpc.events import (
     UnaryRequest,
 )
 from presenced.rpc.frames import (
-    CLOSE_PROTOCOL_ERROR,
     SERVER_READY_FRAME,
     ErrorCode,
     MessageType,
@@ -34,7 +33,6 @@ from presenced.rpc.modules import ModuleSpec, ProcedureSpec, module_registry
 from presenced.rpc.server import RpcServerConnection, StreamNotReadyError
 
 __all__ = [
-    "CLOSE_PROTOCOL_ERROR",
     "SERVER_READY_FRAME",
     "ClientEvent",
     "ErrorCode",

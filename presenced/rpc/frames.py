@@ -17,12 +17,12 @@ from typing import Final
 
 from google.protobuf.message import DecodeError, Message
 
+from presenced.closes import Close
 from presenced.rpc import wire_pb2
 
 __all__ = [
     "ANY_TYPE",
     "CLIENT_TO_SERVER",
-    "CLOSE_PROTOCOL_ERROR",
     "MAX_NUMBER",
     "SERVER_READY_FRAME",
     "SERVER_TO_CLIENT",
@@ -81,8 +81,6 @@ class ErrorCode(IntEnum):
     PROCEDURE_NOT_FOUND = 4
 
 
-#: WebSocket close code for a peer that broke the protocol (RFC 6455).
-CLOSE_PROTOCOL_ERROR: Final[int] = 1002
 #: Largest message number: the identifier keeps 27 bits for it.
 MAX_NUMBER: Final[int] = 0x07FFFFFF
 
@@ -93,7 +91,7 @@ class ProtocolError(Exception):
     The connection cannot continue after one: close the WebSocket with ``close_code``.
     """
 
-    close_code: int = CLOSE_PROTOCOL_ERROR
+    close_code: int = Close.PROTOCOL_ERROR.code
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

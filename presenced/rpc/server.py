@@ -95,8 +95,9 @@ class RpcServerConnection:
 
     ``port_ids`` hands out port ids; pass one shared ``itertools.count(1)`` (or any callable
     returning ints) to number ports across connections like the TS server does. By default each
-    connection counts from 1. ``max_ports`` and ``max_streams`` bound what one client can make
-    the server hold; real clients open one port and a handful of streams.
+    connection counts from 1. ``max_ports``, ``max_port_name_bytes`` and ``max_streams`` bound
+    what one client can make the server hold; real clients open one port with a name of about
+    15 characters and a handful of streams. Past a bound the request gets a RemoteError.
     """
 
     stray_frames: int
@@ -108,8 +109,9 @@ class RpcServerConnection:
         modules: Mapping[str, ModuleSpec],
         port_ids: Iterator[int] | Callable[[], int] | None = None,
         *,
-        max_ports: int = 256,
-        max_streams: int = 4096,
+        max_ports: int = 8,
+        max_port_name_bytes: int = 128,
+        max_streams: int = 32,
     ) -> None:
         self._modules: Mapping[str, ModuleSpec] = modules
         if port_ids is None:
@@ -118,6 +120,7 @@ class RpcServerConnection:
             partial(next, port_ids) if isinstance(port_ids, Iterator) else port_ids
         )
         self._max_ports = max_ports
+        self._max_port_name_bytes = max_port_name_bytes
         self._max_streams = max_streams
         self._ports: dict[int, _Port] = {}
         self._streams: dict[int, _Stream] = {}
@@ -195,6 +198,8 @@ class RpcServerConnection:
     def _on_create_port(self, number: int, msg: wire_pb2.CreatePort) -> list[ServerEvent]:
         if len(self._ports) >= self._max_ports:
             return self._error(number, "too many ports on this connection", ErrorCode.APPLICATION)
+        if len(msg.port_name.encode()) > self._max_port_name_bytes:
+            return self._error(number, "port name too long", ErrorCode.APPLICATION)
         port_id = self._next_port_id()
         self._ports[port_id] = _Port(port_id, msg.port_name)
         self._out.append(encode_create_port_response(number, port_id))

@@ -17,7 +17,9 @@ import io
 import ipaddress
 import json
 import logging
+import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,14 +35,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from presenced import __version__
+from presenced.logs import RateLimit, redact_url
 from presenced.model import Position, Presence, normalize_address
 from presenced.server.config import ServerConfig
 from presenced.server.hub import Hub
 from presenced.server.prometheus import build_registry
+from presenced.server.readiness import not_ready_reasons
 from presenced.store.base import StoreUnavailable
 from presenced.store.friends_file import parse_friendships
 
 log = logging.getLogger("presenced.admin")
+audit_log = logging.getLogger("presenced.audit")
 
 # Request bodies: imports may be large files (the CLI sends bigger ones in
 # chunks), everything else is small.
@@ -51,6 +56,10 @@ MAX_PRESENCE_BYTES = 8 * 1024 * 1024
 IMPORT_CHUNK = 10_000
 # Errors listed in a rejected import; the total is always reported.
 MAX_LISTED_ERRORS = 1000
+
+# Handlers that answer during start-up; the others return 503 until the
+# store has loaded.
+PROBES = frozenset({"healthz", "readyz", "metrics", "status"})
 
 # Paths that answer without a token: liveness probes rarely carry one.
 OPEN_PATHS = frozenset({"/healthz"})
@@ -224,6 +233,9 @@ def _endpoint(
 
     async def wrapper(self: _Api, request: Request) -> Response:
         try:
+            if handler.__name__ not in PROBES and not self.hub.ready:
+                # The store has not loaded: nothing it answers would be true yet.
+                raise ApiError(503, "; ".join(self._not_ready()) or "starting")
             return await handler(self, request)
         except ApiError as e:
             return _json({"error": e.message, **e.extra}, e.status)
@@ -243,6 +255,7 @@ class _Api:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.registry = build_registry(hub)
+        self.audit = AuditTrail(hub.config.admin_token is not None)
 
     # ------------------------------------------------------------- probes
 
@@ -260,12 +273,7 @@ class _Api:
         return _json(body)
 
     def _not_ready(self) -> list[str]:
-        reasons = []
-        if not self.hub.ready:
-            reasons.append("starting")
-        if not getattr(self.hub.store, "healthy", True):
-            reasons.append("store unavailable")
-        return reasons
+        return not_ready_reasons(self.hub.phase())
 
     def _degraded(self) -> list[str]:
         """What works less well than it should, without making the instance unready.
@@ -285,13 +293,22 @@ class _Api:
     @_endpoint
     async def status(self, request: Request) -> Response:
         hub = self.hub
-        engine = hub.config.engine
+        config = hub.config
+        engine = config.engine
+        reasons = self._not_ready()
         return _json({
             "version": __version__,
+            "pid": os.getpid(),
             "instance": hub.store.instance_id,
+            "worker": config.worker_index,
             "store": type(hub.store).__name__,
-            "ready": not self._not_ready(),
-            "now_ms": hub.now_ms(),
+            "store_kind": config.store_kind,
+            "store_url": redact_url(config.redis_url) if config.redis_url else None,
+            "store_healthy": hub.phase().store_healthy,
+            "ready": not reasons,
+            "reasons": reasons,
+            "listen": {"host": config.host, "port": hub.listen_port or config.port},
+            "now_ms": hub.now_ms() if hub.ready else int(time.time() * 1000),
             "connections": len(hub.live),
             "sessions": len(hub.connections),
             "online_users": hub.engine.online_count,
@@ -363,6 +380,7 @@ class _Api:
         self._refuse_edits_of_an_external_graph()
         a, b = self._pair(request)
         added = await self.hub.add_friendships([(a, b)])
+        self.audit.record(request, "friendship-add", f"{a} {b}", changed=len(added))
         return _json({"a": a, "b": b, "added": bool(added)}, 201 if added else 200)
 
     @_endpoint
@@ -370,6 +388,7 @@ class _Api:
         self._refuse_edits_of_an_external_graph()
         a, b = self._pair(request)
         removed = await self.hub.remove_friendships([(a, b)])
+        self.audit.record(request, "friendship-remove", f"{a} {b}", changed=len(removed))
         return _json({"a": a, "b": b, "removed": bool(removed)})
 
     def _pair(self, request: Request) -> tuple[str, str]:
@@ -387,7 +406,7 @@ class _Api:
         # Universal newlines, as when the daemon reads --friends, so line
         # numbers agree with any editor's.
         lines = io.StringIO(text, newline=None).readlines()
-        pairs, errors = parse_friendships(lines)
+        pairs, errors = parse_friendships(lines, first_line=first_line)
         if errors:
             listed = [{"line": e.line + first_line - 1, "message": e.message}
                       for e in errors[:MAX_LISTED_ERRORS]]
@@ -402,9 +421,14 @@ class _Api:
             try:
                 added += len(await self.hub.add_friendships(unique[start:start + IMPORT_CHUNK]))
             except StoreUnavailable as e:
+                self.audit.record(request, "friendship-import",
+                                  f"{len(unique)} friendships (failed part-way)", changed=added)
                 raise ApiError(503, f"store unavailable after {start} of {len(unique)} "
                                     f"friendships: {e}", added=added) from None
             await trio.lowlevel.checkpoint()
+        self.audit.record(request, "friendship-import",
+                          f"{len(unique)} friendships from lines {first_line}-"
+                          f"{first_line + len(lines) - 1}", changed=added)
         return _json({
             "lines": len(lines),
             "friendships": len(unique),
@@ -427,6 +451,7 @@ class _Api:
         self._refuse_edits_of_an_external_graph()
         blocker, blocked = self._block(request)
         added = await self.hub.add_blocks([(blocker, blocked)])
+        self.audit.record(request, "block-add", f"{blocker} {blocked}", changed=len(added))
         return _json({"blocker": blocker, "blocked": blocked, "added": bool(added)},
                      201 if added else 200)
 
@@ -435,6 +460,8 @@ class _Api:
         self._refuse_edits_of_an_external_graph()
         blocker, blocked = self._block(request)
         removed = await self.hub.remove_blocks([(blocker, blocked)])
+        self.audit.record(request, "block-remove", f"{blocker} {blocked}",
+                          changed=len(removed))
         return _json({"blocker": blocker, "blocked": blocked, "removed": bool(removed)})
 
     def _block(self, request: Request) -> tuple[str, str]:
@@ -473,7 +500,46 @@ class _Api:
                            errors=errors[:MAX_LISTED_ERRORS], error_count=len(errors))
         for address, position in valid:
             self.hub.inject_presence(address, position)
+        self.audit.record(request, "presence-inject", f"{len(valid)} synthetic users",
+                          changed=len(valid))
         return _json({"injected": len(valid), "now_ms": self.hub.now_ms()})
+
+
+# -------------------------------------------------------------- audit trail
+
+
+class AuditTrail:
+    """One log line per change made through the admin API: who, what, how many.
+
+    `seed friendships` sends a large file as many requests and scripts call
+    `friends add` in loops, so lines are rate-limited per (action, client):
+    the first of a burst is written, the next one after AUDIT_INTERVAL_S
+    carries the count of those in between and their total changes.
+    """
+
+    def __init__(self, token_required: bool, interval_s: float = 10.0) -> None:
+        self.token_required = token_required
+        self.limit = RateLimit(interval_s)
+        # Changes made by the lines the rate limit held back, per cause.
+        self._held: dict[tuple[str, str], int] = {}
+
+    def record(self, request: Request, action: str, what: str, *, changed: int) -> None:
+        client = request.client.host if request.client is not None else "unknown"
+        agent = request.headers.get("user-agent", "")
+        who = client + (" (token)" if self.token_required else "")
+        cause = (action, who)
+        note = self.limit.allow(cause)
+        if note is None:
+            self._held[cause] = self._held.get(cause, 0) + changed
+            return
+        held = self._held.pop(cause, 0)
+        if note and held:
+            note = note[:-1] + f", {held} changes)"
+        audit_log.info("admin %s by %s%s: %s, %d changed%s", action, who,
+                       f" [{agent}]" if agent else "", what, changed, note,
+                       extra={"fields": {"event": "admin", "action": action, "client": client,
+                                         "user_agent": agent, "what": what,
+                                         "changed": changed}})
 
 
 # ---------------------------------------------------------------- helpers

@@ -30,6 +30,15 @@ class ServerConfig:
     # long is disconnected.
     stuck_timeout_s: float = 60.0
     max_connections: int = 0
+    # What one logged-in connection may make the server hold (docs/security.md): real clients
+    # open one port named in ~15 characters and at most a handful of streams.
+    max_ports_per_connection: int = 8
+    max_port_name_bytes: int = 128
+    max_streams_per_connection: int = 32
+    # Inbound messages per second one connection may send (sustained, and in a burst): about
+    # a hundred times what a busy real client sends; past it the connection is closed (1008).
+    max_messages_per_s: float = 200.0
+    message_burst: int = 2000
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None
@@ -46,6 +55,8 @@ class ServerConfig:
     # (publish_social_status).
     social_events_url: str | None = None
     publish_social_status: bool = False
+    # Catalyst lambdas base URL for names and pictures (SocialService v2); None: addresses only.
+    profiles_url: str | None = None
     # Admin/metrics HTTP endpoint. A token is required off loopback.
     admin_host: str = "127.0.0.1"
     admin_port: int = 8086
@@ -63,6 +74,17 @@ class ServerConfig:
     # Processes sharing the listening port (SO_REUSEPORT); >1 needs Redis.
     workers: int = 1
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    # Seconds start-up may take (mostly: waiting for Redis) before the
+    # daemon gives up with exit status 1; 0 waits for ever.
+    startup_timeout_s: float = 60.0
+    # Which worker of `serve --workers N` this process is (None: the only one).
+    worker_index: int | None = None
+
+    @property
+    def store_kind(self) -> str:
+        """The store by name, as logs, /readyz and /v1/status show it."""
+        return "redis" if self.redis_url else "memory"
 
     def redis_store_config(self) -> RedisStoreConfig:
         """The Redis store's settings, taken from the server's and the engine's."""

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.graph.source import FriendsDatabase
 from presenced.graph.status_publisher import StatusPublisher
+from presenced.logs import RateLimit
 from presenced.model import Presence, PresenceWrite
+from presenced.profiles import ProfileSource
+from presenced.rpc.modules import module_registry
 from presenced.server.clock import TrioWallClock
 from presenced.server.config import ServerConfig
 from presenced.server.metrics import Metrics
+from presenced.server.readiness import Phase
+from presenced.services import SERVED_MODULES
+from presenced.services.base import Module, Procedure, Services
 from presenced.store.base import (
     Block,
     BlockChanged,
@@ -42,6 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("presenced.hub")
 
+# Pause before a failed background task runs again, doubling while it keeps failing.
+RESTART_DELAY_MIN_S = 0.1
+RESTART_DELAY_MAX_S = 30.0
+
 # Users expired per step of the ticker and the sweeper. One expiry costs about
 # 16 µs with 20 friends (bench/suite/sweep.py), so a step blocks the event
 # loop for roughly 8 ms however many users expire at once.
@@ -49,7 +60,7 @@ EXPIRY_STEP = 500
 
 
 class Killable(Protocol):
-    def kill(self, code: int, reason: str, cause: str) -> None: ...
+    def kill(self, close: Close, detail: str | None = None) -> None: ...
 
 
 class LiveConnection(Killable, Protocol):
@@ -57,11 +68,22 @@ class LiveConnection(Killable, Protocol):
 
 
 class Hub:
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(
+        self, config: ServerConfig, store: Store, modules: Sequence[Module] = SERVED_MODULES
+    ) -> None:
         self.config = config
         self.store = store
         self.engine = PresenceEngine(config.engine, store.write)
         self.metrics = Metrics()
+        # The RPC modules served: their declarations for the protocol core, and every
+        # procedure by (module, name) for dispatch.
+        self.module_specs = module_registry(*(m.spec for m in modules))
+        self.procedures: dict[tuple[str, str], Procedure] = {
+            (m.name, p.name): p for m in modules for p in m.procedures
+        }
+        self.services = Services()
+        if config.profiles_url:
+            self.services.profiles = ProfileSource(config.profiles_url)
         # Logged-in connections by session id, and every connection, logged in or not.
         self.connections: dict[int, LiveConnection] = {}
         self.live: set[Killable] = set()
@@ -71,10 +93,14 @@ class Hub:
         # Idle connections are pinged often enough that a live one can never
         # reach the TTL, whatever --ping-interval says.
         self.ping_interval_s = min(config.ping_interval_s, config.engine.ttl_ms / 4000)
+        # Started (the store loaded), and shutting down: what /readyz reports.
         self.ready = False
+        self.stopping = False
         self.listen_port = 0
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
+        # Lines about repeating causes (resyncs, sweeps): one per minute each.
+        self._log_limit = RateLimit(60.0)
         source = config.friends_source_config()
         self.friends_db = FriendsDatabase(source) if source is not None else None
         self.status_publisher: StatusPublisher | None = None
@@ -84,6 +110,12 @@ class Hub:
         # Called with every block added or removed, here or elsewhere (the
         # v2 module's block updates); friendships go to the engine.
         self.block_listeners: list[Callable[[BlockChanged], None]] = []
+
+    def phase(self) -> Phase:
+        """Where this instance is in its life, for /readyz and the metrics."""
+        return Phase(started=self.ready, stopping=self.stopping,
+                     store_healthy=bool(getattr(self.store, "healthy", True)),
+                     store=self.config.store_kind)
 
     def now_ms(self) -> int:
         assert self._clock is not None, "Hub.run() has not started"
@@ -97,12 +129,35 @@ class Hub:
                 # Loaded before the first connection is accepted.
                 await nursery.start(self.friends_db.run, self)
             if self.status_publisher is not None:
-                nursery.start_soon(self.status_publisher.run)
-            nursery.start_soon(self._ticker)
-            nursery.start_soon(self._sweeper)
-            nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._supervised, "social-status", self.status_publisher.run)
+            nursery.start_soon(self._supervised, "ticker", self._ticker)
+            nursery.start_soon(self._supervised, "sweeper", self._sweeper)
+            nursery.start_soon(self._supervised, "keepalive", self._keepalive)
+            if self.services.profiles is not None:
+                nursery.start_soon(self._supervised, "profiles", self.services.profiles.run)
             self.ready = True
             task_status.started()
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop forever: a bug in one pass must not end the server.
+
+        The failure is logged with its traceback and counted, and the loop starts again after
+        a pause that grows while it keeps failing (so a persistent bug costs little).
+        """
+        delay = RESTART_DELAY_MIN_S
+        while True:
+            started = trio.current_time()
+            try:
+                await loop()
+            except Exception:
+                self.metrics.task_failures[name] += 1
+                log.exception("background task %s failed; restarting it in %.1f s", name, delay)
+            else:
+                return
+            if trio.current_time() - started > RESTART_DELAY_MAX_S:
+                delay = RESTART_DELAY_MIN_S  # it had been running fine
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     async def _run_store(self, *, task_status: trio.TaskStatus[None]) -> None:
         await self.store.run(self._apply_store_events, task_status=task_status)
@@ -123,7 +178,7 @@ class Hub:
                 for session_id in engine.tick(now_ms, EXPIRY_STEP):
                     conn = self.connections.get(session_id)
                     if conn is not None:
-                        conn.kill(1011, "presence expired: no sign of life", "expired")
+                        conn.kill(Close.EXPIRED)
                 if not engine.due(now_ms):
                     break
                 # Let connections be served between steps of a mass expiry.
@@ -150,6 +205,10 @@ class Hub:
                 log.debug("expiry sweep failed", exc_info=True)
                 continue
             now = self.now_ms()
+            if expired and (note := self._log_limit.allow("sweep")) is not None:
+                log.info("claimed %d expired users from vanished instances%s", len(expired),
+                         note, extra={"fields": {"event": "expiry-claim",
+                                                 "users": len(expired)}})
             for start in range(0, len(expired), EXPIRY_STEP):
                 if start:
                     await trio.lowlevel.checkpoint()
@@ -180,8 +239,11 @@ class Hub:
         # without anyone reconnecting.
         for presence in self.engine.owned_presences():
             self.store.write(PresenceWrite(presence, True))
-        log.info("resynchronised with the store (%s): %d users online elsewhere",
-                 event.reason, len(self.engine.remote_users()))
+        note = self._log_limit.allow(("resync", event.reason))
+        if note is not None:
+            log.info("resynchronised with the store (%s): %d users online elsewhere%s",
+                     event.reason, len(self.engine.remote_users()), note,
+                     extra={"fields": {"event": "resync", "reason": event.reason}})
 
     # --------------------------------------------------------- admin actions
 
@@ -246,6 +308,6 @@ class Hub:
 
     # -------------------------------------------------------------- shutdown
 
-    def kill_all(self, code: int, reason: str) -> None:
+    def kill_all(self, close: Close) -> None:
         for conn in list(self.live):
-            conn.kill(code, reason, "shutdown")
+            conn.kill(close)

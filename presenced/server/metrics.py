@@ -30,4 +30,6 @@ class Metrics:
         self.updates_dropped = 0
         self.stream_items_sent = 0
         self.handler_errors = 0
+        # Background tasks (ticker, sweeper, keepalive) that failed and were restarted.
+        self.task_failures: Counter[str] = Counter()
         self.notify_latency = Histogram()

@@ -109,6 +109,9 @@ class HubCollector:
                                 "procedure", m.requests)
         yield _counter("presenced_handler_errors",
                        "Unexpected errors caught in connection handlers.", m.handler_errors)
+        yield _labelled_counter("presenced_background_task_failures",
+                                "Background tasks that failed and were restarted, by task.",
+                                "task", m.task_failures)
 
         heartbeats = CounterMetricFamily("presenced_heartbeats",
                                          "Position heartbeats by result and reason.",
@@ -140,6 +143,21 @@ class HubCollector:
         yield _counter("presenced_stream_items_sent",
                        "Subscription stream messages sent (each carries a batch of updates).",
                        m.stream_items_sent)
+        yield _counter("presenced_friendship_events_dropped",
+                       "Friendship changes dropped because a session had too many waiting "
+                       "(SocialService v2 SubscribeToFriendshipUpdates).",
+                       stats.friendship_events_dropped)
+        profiles = hub.services.profiles
+        if profiles is not None:
+            yield _labelled_counter("presenced_profile_requests",
+                                    "Requests to the profile server, by result.", "result",
+                                    {"ok": profiles.stats.answered,
+                                     "failed": profiles.stats.failures})
+            yield _labelled_counter("presenced_profile_lookups",
+                                    "Profile lookups, by cache result.", "result",
+                                    {"hit": profiles.cache.hits, "miss": profiles.cache.misses})
+            yield _gauge("presenced_profile_cache_entries", "Profiles (or their absence) cached.",
+                         len(profiles.cache))
         yield _histogram("presenced_notify_latency_seconds",
                          "Time from a user's change to its delivery to a friend.",
                          m.notify_latency)

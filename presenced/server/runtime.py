@@ -1,10 +1,9 @@
-"""Process-level set-up for the daemon: logging and the garbage collector."""
+"""Process-level set-up for the daemon: the garbage collector (logging: presenced/logs.py)."""
 
 from __future__ import annotations
 
 import gc
 import logging
-import sys
 import time
 
 from presenced.server.metrics import Histogram
@@ -46,8 +45,8 @@ GC_THRESHOLDS = (200_000, 50, 1000)
 def tune_gc() -> None:
     """Make garbage collection rare for a long-lived server with many tasks.
 
-    With default thresholds, a server holding 10k connections spent over half
-    its time in the collector (pauses up to 0.7 s, see the stack notes).
+    With default thresholds, a server holding 10k connections was measured
+    spending over half its time in the collector, with pauses up to 0.7 s.
     Raising the thresholds makes collections rare, and freezing what exists
     at start-up (modules, configuration) keeps it out of every later pass.
     """
@@ -67,16 +66,3 @@ def freeze_loaded_state() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # trio-websocket logs every frame at DEBUG; keep it quiet unless asked.
-    if root.level > logging.DEBUG:
-        logging.getLogger("trio-websocket").setLevel(logging.WARNING)

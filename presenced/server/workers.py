@@ -29,35 +29,44 @@ log = logging.getLogger("presenced.workers")
 MIN_UPTIME_S = 5.0
 MAX_RESTART_DELAY_S = 30.0
 # A worker that cannot serve its configuration exits with this; restarting
-# it would not help, so the whole command stops.
+# it would not help, so the whole command stops (exit status 2).
 CONFIG_ERROR_EXIT = 2
+# A worker whose start-up timed out (Redis never came) exits with this; the
+# whole command stops with exit status 1 so that the service manager, which
+# knows the restart policy, decides what comes next.
+STARTUP_FAILED_EXIT = 3
 
 
 def worker_config(config: ServerConfig, index: int) -> ServerConfig:
     admin_port = config.admin_port + index if config.admin_port else 0
-    return replace(config, workers=1, admin_port=admin_port)
+    return replace(config, workers=1, admin_port=admin_port, worker_index=index)
 
 
-def _run_worker(config: ServerConfig, index: int, log_level: str) -> None:
+def _run_worker(config: ServerConfig, index: int, log_level: str, log_format: str) -> None:
     # Runs in a fresh interpreter (spawn): set up as `serve` would.
     import sys
 
-    from presenced.server.app import ConfigError, run_until_signalled
-    from presenced.server.runtime import setup_logging, tune_gc
+    from presenced.logs import setup_logging
+    from presenced.server.app import ConfigError, StartupFailed, run_until_signalled
+    from presenced.server.runtime import tune_gc
 
-    setup_logging(log_level)
-    logging.getLogger("presenced").info("worker %d starting (pid %d)", index,
-                                        multiprocessing.current_process().pid)
-
+    # The supervisor forwards SIGINT/SIGTERM; a Ctrl-C reaches the whole
+    # process group, and the worker's own handler is installed by trio.
+    setup_logging(log_level, log_format, worker=f"worker {index}")
     tune_gc()
     try:
         run_until_signalled(config, reuse_port=True)
     except ConfigError as e:
         print(f"presenced: worker {index}: {e}", file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT)
+    except StartupFailed as e:
+        print(f"presenced: worker {index}: {e}", file=sys.stderr)
+        sys.exit(STARTUP_FAILED_EXIT)
+    except KeyboardInterrupt:
+        sys.exit(0)
 
 
-def supervise(config: ServerConfig, log_level: str) -> int:
+def supervise(config: ServerConfig, log_level: str, log_format: str = "text") -> int:
     """Run `config.workers` workers until a signal; returns the exit status."""
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -76,7 +85,8 @@ def supervise(config: ServerConfig, log_level: str) -> int:
 
     def start(index: int) -> None:
         proc = context.Process(
-            target=_run_worker, args=(worker_config(config, index), index, log_level),
+            target=_run_worker,
+            args=(worker_config(config, index), index, log_level, log_format),
             name=f"presenced-worker-{index}",
         )
         proc.start()
@@ -103,10 +113,10 @@ def supervise(config: ServerConfig, log_level: str) -> int:
                 continue
             if stopping:
                 continue
-            if proc.exitcode == CONFIG_ERROR_EXIT:
+            if proc.exitcode in (CONFIG_ERROR_EXIT, STARTUP_FAILED_EXIT):
                 log.error("worker %d cannot start; stopping", index)
                 stopping = True
-                status = CONFIG_ERROR_EXIT
+                status = CONFIG_ERROR_EXIT if proc.exitcode == CONFIG_ERROR_EXIT else 1
                 continue
             now = time.monotonic()
             if index not in restart_at:

@@ -18,7 +18,7 @@ by tests/test_ws_receiver.py.
 `attach_receiver` also gives the reader its own `receive_some`, which does
 two things before trio-websocket sees any bytes:
 
-- it reads the common frames itself (`ws_frames.InboundFrames`: complete
+- it reads the common frames itself (`presenced.ws.frames.InboundFrames`: complete
   binary messages) and hands them to the handler at once, so that wsproto
   and trio-websocket only see control frames and anything unusual;
 - it waits before it receives. trio's socket receive first tries `recv()`
@@ -41,7 +41,7 @@ import trio
 from trio_websocket import WebSocketConnection
 from wsproto.connection import ConnectionState
 
-from presenced.server.ws_frames import InboundFrames
+from presenced.ws.frames import InboundFrames
 
 MessageHandler = Callable[[bytes | str], None]
 

@@ -5,7 +5,7 @@ costs a trio checkpoint, a lock, and (because our sends start in synchronous
 code: the engine fanning out a friend's change) a wake-up of a writer task.
 Profiles of the server under load put that path at a quarter of all CPU.
 Yet nearly every frame presenced sends is small and the socket almost always
-has room, so `FrameSender` encodes the frame itself (`ws_frames.binary_frame`;
+has room, so `FrameSender` encodes the frame itself (`presenced.ws.frames.binary_frame`;
 with the connection's wsproto if an extension was negotiated) and hands it
 to the kernel with one non-blocking `send()`,
 right away. Only bytes the kernel does not take wait for the writer task.
@@ -32,7 +32,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage
 from wsproto.utilities import LocalProtocolError
 
-from presenced.server.ws_frames import binary_frame
+from presenced.ws.frames import binary_frame
 
 
 class SendGate:

@@ -11,7 +11,25 @@
 - `ui`: the live display.
 """
 
-from presenced.simulate.coordinator import Coordinator, SimulationError
-from presenced.simulate.plan import Population, SimConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from presenced.simulate.coordinator import Coordinator, SimulationError
+    from presenced.simulate.plan import Population, SimConfig
 
 __all__ = ["Coordinator", "Population", "SimConfig", "SimulationError"]
+
+# Imported on first use: `presenced simulate`'s options (and so shell
+# completion) need only `plan`, not the worker and its event loop.
+_EXPORTS = {"Coordinator": "coordinator", "SimulationError": "coordinator",
+            "Population": "plan", "SimConfig": "plan"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

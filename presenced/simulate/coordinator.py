@@ -44,6 +44,10 @@ class SimulationError(Exception):
     """The run could not be carried out (a worker died, a phase never ended)."""
 
 
+class _Interrupted(Exception):
+    """The operator asked to stop (Ctrl-C, SIGTERM): wind down and report."""
+
+
 class _Handle:
     def __init__(self, wid: int, process: multiprocessing.process.BaseProcess,
                  to_worker: Connection, from_worker: Connection) -> None:
@@ -90,6 +94,14 @@ class Coordinator:
         self._rates: deque[tuple[float, int, int]] = deque()
         self._next_ui = 0.0
         self._next_prune = 0.0
+        # Set by interrupt(), from a signal handler: the run stops early and
+        # reports what it measured, marked interrupted.
+        self.interrupted = False
+        self._winding_down = False
+
+    def interrupt(self) -> None:
+        """Stop the run at the next chance and report what was measured so far."""
+        self.interrupted = True
 
     # ------------------------------------------------------------------ run
 
@@ -125,60 +137,72 @@ class Coordinator:
 
         # The graph is needed for seeding and for the final check; build it
         # while the workers sign.
-        if self.graph_loader is None:
-            graph = SocialGraph.generate(config.users, config.avg_friends, config.seed)
-        self._pump(lambda: all(h.addresses is not None for h in self.handles), None,
-                   "the workers to derive identities")
+        graph = (SocialGraph.generate(config.users, config.avg_friends, config.seed)
+                 if self.graph_loader is None else None)
         addresses = [""] * config.users
-        for h in self.handles:
-            for index, address in h.addresses or ():
-                addresses[index] = address
-        if self.graph_loader is not None:
-            self.phase = "reading the graph"
-            graph = SocialGraph(config.seed, config.users, self.graph_loader(addresses))
-            self.ui.note(f"read {len(graph.edges):,} friendships among {config.users:,} "
-                         "users from the friends database")
-
         seeded = None
-        if self.seeder is not None:
-            self.phase = "seeding"
-            self.ui.note(f"seeding {len(graph.edges):,} friendships among "
-                         f"{config.users:,} users")
-            seeded = self.seeder(graph, addresses)
+        times: dict[str, float] = {}
+        try:
+            self._pump(lambda: all(h.addresses is not None for h in self.handles), None,
+                       "the workers to derive identities")
+            for h in self.handles:
+                for index, address in h.addresses or ():
+                    addresses[index] = address
+            if graph is None:
+                assert self.graph_loader is not None
+                self.phase = "reading the graph"
+                graph = SocialGraph(config.seed, config.users, self.graph_loader(addresses))
+                self.ui.note(f"read {len(graph.edges):,} friendships among {config.users:,} "
+                             "users from the friends database")
 
-        self.phase = "ramp"
-        t_go = time.monotonic()
-        for h in self.handles:
-            h.send(("go", addresses))
-        # Each attempt ends within two timeouts (connect, then login) of its
-        # slot; the rest is slack for a loaded machine.
-        ramp_limit = (1.5 * len(self.population.online) / config.ramp
-                      + 2 * config.connect_timeout_s + 60)
-        self._pump(lambda: all(h.ramped for h in self.handles), t_go + ramp_limit,
-                   "the initial logins")
+            if self.seeder is not None:
+                self.phase = "seeding"
+                self.ui.note(f"seeding {len(graph.edges):,} friendships among "
+                             f"{config.users:,} users")
+                seeded = self.seeder(graph, addresses)
 
-        self.phase = "load"
-        t_load = time.monotonic()
-        self.matcher.measure_from = t_load
-        for h in self.handles:
-            h.send(("load", t_load))
-        self._pump(lambda: False, t_load + config.duration_s, "")
+            self.phase = "ramp"
+            times["go"] = time.monotonic()
+            for h in self.handles:
+                h.send(("go", addresses))
+            # Each attempt ends within two timeouts (connect, then login) of
+            # its slot; the rest is slack for a loaded machine.
+            ramp_limit = (1.5 * len(self.population.online) / config.ramp
+                          + 2 * config.connect_timeout_s + 60)
+            self._pump(lambda: all(h.ramped for h in self.handles), times["go"] + ramp_limit,
+                       "the initial logins")
+
+            self.phase = "load"
+            times["load"] = time.monotonic()
+            self.matcher.measure_from = times["load"]
+            for h in self.handles:
+                h.send(("load", times["load"]))
+            self._pump(lambda: False, times["load"] + config.duration_s, "")
+        except _Interrupted:
+            self.ui.note("interrupted: stopping the virtual users and reporting what was "
+                         "measured so far")
+        self._winding_down = True
+        finals_expected = "go" in times
 
         self.phase = "stopping"
-        t_stop = time.monotonic()
-        for h in self.handles:
-            h.send(("stop",))
-        self._pump(lambda: all(h.stopped for h in self.handles),
-                   t_stop + config.connect_timeout_s + 30, "the virtual users to stop")
+        times["stop"] = time.monotonic()
+        if finals_expected:
+            for h in self.handles:
+                h.send(("stop",))
+            self._pump(lambda: all(h.stopped for h in self.handles),
+                       times["stop"] + config.connect_timeout_s + 30,
+                       "the virtual users to stop")
 
         self.phase = "settling"
-        t_settle = time.monotonic()
-        self._pump(lambda: False, t_settle + config.settle_s, "")
-        t_report = time.monotonic()
-        for h in self.handles:
-            h.send(("report",))
-        self._pump(lambda: all(h.final is not None for h in self.handles), t_report + 60,
-                   "the final reports")
+        times["settle"] = time.monotonic()
+        if not self.interrupted:
+            self._pump(lambda: False, times["settle"] + config.settle_s, "")
+        times["report"] = time.monotonic()
+        if finals_expected:
+            for h in self.handles:
+                h.send(("report",))
+            self._pump(lambda: all(h.final is not None for h in self.handles),
+                       times["report"] + 60, "the final reports")
         # Nobody has sent anything since "stop", and every worker's sends up
         # to its report are in: match what waited for a slower worker.
         for receipt in self.pending:
@@ -194,9 +218,14 @@ class Coordinator:
         t_end = time.monotonic()
         self._merge_worker_matches()
 
-        convergence: Convergence = check_convergence(
+        # Without the settle an interrupted run's views are not final yet:
+        # comparing them would count updates still on their way as lost.
+        convergence: Convergence = Convergence() if self.interrupted or graph is None \
+            else check_convergence(
             graph.adjacency(), [h.final for h in self.handles if h.final is not None],
             addresses, config.realms)
+        t_go = times.get("go", times["stop"])
+        t_load = times.get("load", times["stop"])
         workers = []
         rates: Counter[str] = Counter()
         connected_at_stop = 0
@@ -224,16 +253,18 @@ class Coordinator:
             config=config,
             online_users=len(self.population.online),
             subscribers=len(self.population.subscribers),
-            friendships=len(graph.edges),
+            friendships=len(graph.edges) if graph is not None else 0,
             totals=self.totals,
             rates=rates,
             connected_at_stop=connected_at_stop,
-            phases={"ramp": t_load - t_go, "load": t_stop - t_load,
-                    "settle": t_report - t_settle, "total": t_end - self.started},
+            phases={"ramp": t_load - t_go, "load": times["stop"] - t_load,
+                    "settle": times["report"] - times["settle"],
+                    "total": t_end - self.started},
             peak_connections=self.peak_connections,
             convergence=convergence,
             workers=workers,
             seeded=seeded,
+            interrupted=self.interrupted,
         )
 
     def _shutdown(self) -> None:
@@ -254,6 +285,8 @@ class Coordinator:
     def _pump(self, done: Callable[[], bool], deadline: float | None, what: str) -> None:
         """Handle worker messages until `done()` or `deadline` (then fail, if `what`)."""
         while not done():
+            if self.interrupted and not self._winding_down:
+                raise _Interrupted
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 if what:

@@ -1,8 +1,8 @@
 """One virtual user's life over a real WebSocket: log in, beat, move, listen, churn.
 
-A user is a single task while it waits, plus its connection's reader, which
-hands every stream item to the worker synchronously (see `wire`): nothing is
-spawned per heartbeat or per update. Its worker owns the shared state
+A user is a single task while it waits; its connection is read by the run's
+one poller task, which hands every stream item to the worker synchronously
+(see `wire`): nothing is spawned per heartbeat or per update. Its worker owns the shared state
 (counters, send log, receipts); the user only calls into it.
 """
 

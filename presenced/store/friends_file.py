@@ -1,13 +1,24 @@
-"""Friendship lists on disk: CSV (`address_a,address_b`) or JSON lines."""
+"""Friendship lists on disk: CSV (`address_a,address_b`) or JSON lines.
+
+Files exported from spreadsheets are accepted as they come: a UTF-8
+byte-order mark, a header line (`address_a,address_b`, or any two column
+names), CRLF line ends and double-quoted fields.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from presenced.model import normalize_address
 from presenced.store.base import Friendship, ordered_pair
+
+BOM = "\ufeff"
+# Two column names, as a spreadsheet writes them (never an address: those
+# start with a digit).
+_HEADER = re.compile(r'\s*"?[A-Za-z_][\w .-]*"?\s*,\s*"?[A-Za-z_][\w .-]*"?\s*')
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +51,7 @@ def parse_friendship_line(text: str) -> Friendship | None:
         a, b = value
     else:
         line = line.split("#", 1)[0]
-        parts = [p.strip() for p in line.split(",")]
+        parts = [p.strip().strip('"').strip() for p in line.split(",")]
         if len(parts) != 2:
             raise ValueError("expected two comma-separated addresses")
         a, b = parts
@@ -52,11 +63,32 @@ def parse_friendship_line(text: str) -> Friendship | None:
     return ordered_pair(a, b)
 
 
-def parse_friendships(lines: Iterable[str]) -> tuple[list[Friendship], list[LineError]]:
-    """Parse every line, collecting errors with their 1-based line numbers."""
+def is_header(text: str) -> bool:
+    """True for a line of two column names, such as `address_a,address_b`."""
+    return _HEADER.fullmatch(text.strip()) is not None
+
+
+def parse_friendships(
+    lines: Iterable[str], *, first_line: int = 1
+) -> tuple[list[Friendship], list[LineError]]:
+    """Parse every line, collecting errors with their 1-based line numbers.
+
+    `first_line` is the number of the first of `lines` in its file (an
+    import sent in chunks): only the start of a file may carry a byte-order
+    mark and a header line.
+    """
     pairs: list[Friendship] = []
     errors: list[LineError] = []
+    at_start = first_line == 1
     for number, text in enumerate(lines, start=1):
+        if at_start:
+            if number == 1:
+                text = text.removeprefix(BOM)
+            stripped = text.strip()
+            if stripped and not stripped.startswith("#"):
+                at_start = False
+                if is_header(stripped):
+                    continue
         try:
             pair = parse_friendship_line(text)
         except ValueError as e:
@@ -68,7 +100,7 @@ def parse_friendships(lines: Iterable[str]) -> tuple[list[Friendship], list[Line
 
 
 def read_friendships_file(path: str) -> tuple[list[Friendship], list[LineError]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline=None) as f:
         return parse_friendships(f)
 
 

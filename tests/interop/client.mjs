@@ -33,18 +33,19 @@
 // bad-signature scenario: the last link is signed by a key that is not the ephemeral key; the
 // client still starts the RPC session and reports how the socket closed.
 
-import { createECDH } from "node:crypto"
 import { dirname, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 
 import { Authenticator } from "@dcl/crypto"
-import { computeAddress, createUnsafeIdentity } from "@dcl/crypto/dist/crypto.js"
+import { createUnsafeIdentity } from "@dcl/crypto/dist/crypto.js"
 import { createRpcClient } from "@dcl/rpc"
 import { loadService } from "@dcl/rpc/dist/codegen.js"
 import { WebSocketTransport } from "@dcl/rpc/dist/transports/WebSocket.js"
 import protobuf from "protobufjs"
 import WebSocket from "ws"
+
+import { login, signedFetchHeaders } from "./auth.mjs"
 
 const here = dirname(fileURLToPath(import.meta.url))
 
@@ -76,35 +77,7 @@ const deadline = setTimeout(() => fail(`timed out after ${opts.timeout} ms`), Nu
 
 // ---------------------------------------------------------------- identity (@dcl/crypto)
 
-function identityFromKey(privateKeyHex) {
-  // An owner wallet with a known key, so the test can put its address in the friends file.
-  // Same shape as createUnsafeIdentity(): unprefixed hex keys, checksummed address.
-  const privateKey = privateKeyHex.replace(/^0x/, "").toLowerCase()
-  const ecdh = createECDH("secp256k1")
-  ecdh.setPrivateKey(Buffer.from(privateKey, "hex"))
-  const publicKey = new Uint8Array(ecdh.getPublicKey()).slice(1) // drop the 0x04 prefix
-  return { privateKey, publicKey: Buffer.from(publicKey).toString("hex"), address: computeAddress(publicKey) }
-}
-
-const owner = opts["owner-key"] ? identityFromKey(opts["owner-key"]) : createUnsafeIdentity()
-const ephemeral = createUnsafeIdentity()
-// What an explorer does at login: the wallet (owner) signs the ephemeral key's delegation.
-const authIdentity = await Authenticator.initializeAuthChain(owner.address, ephemeral, 60, async (message) =>
-  Authenticator.createSignature(owner, message),
-)
-
-function signedFetchHeaders(identity, method, path, metadata) {
-  // decentraland-crypto-fetch's signedHeaderFactory: sign "<method>:<path>:<ts>:<metadata>".
-  const timestamp = String(Date.now())
-  const metadataJson = JSON.stringify(metadata)
-  const payload = [method, path, timestamp, metadataJson].join(":").toLowerCase()
-  const chain = Authenticator.signPayload(identity, payload)
-  const headers = {}
-  chain.forEach((link, i) => (headers[`x-identity-auth-chain-${i}`] = JSON.stringify(link)))
-  headers["x-identity-timestamp"] = timestamp
-  headers["x-identity-metadata"] = metadataJson
-  return headers
-}
+const { owner, ephemeral, authIdentity } = await login(opts["owner-key"])
 
 const headers = signedFetchHeaders(authIdentity, "get", "/", {})
 if (opts.scenario === "bad-signature") {

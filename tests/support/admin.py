@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
@@ -23,8 +22,6 @@ def new_address() -> str:
 
 def redis_store_available() -> str | None:
     """None when Redis-backed runs are possible, else why not."""
-    if importlib.util.find_spec("presenced.store.redis") is None:
-        return "presenced.store.redis does not exist yet"
     if shutil.which("redis-server") is None:
         return "redis-server is not installed"
     return None

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 
@@ -47,13 +49,49 @@ def wait_for_port(
     raise TimeoutError(f"{host}:{port} not accepting connections after {timeout} s")
 
 
+def http_get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET; an HTTP error status is returned, not raised."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
+
+
+def wait_until_ready(
+    admin_url: str, timeout: float, proc: subprocess.Popen | None = None,
+    token: str | None = None,
+) -> None:
+    """Until GET /readyz answers 200 (the admin port answers earlier, during start-up)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            status, body = http_get(f"{admin_url}/readyz", token, timeout=1.0)
+            if status == 200:
+                return
+            last = f"{status} {body}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise TimeoutError(f"{admin_url}/readyz not 200 after {timeout} s: {last}")
+
+
 class Daemon:
     """`presenced serve` on free ports; `args` are extra command-line options."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, admin_ports: int = 1
+        self, *args: str, env: dict[str, str] | None = None, admin_ports: int = 1,
+        command: list[str] | None = None,
     ) -> None:
         self.args = list(args)
+        # What runs `presenced` (the built binary, in tests/test_binary.py).
+        self.command = command or [sys.executable, "-m", "presenced"]
         self.env = env or {}
         self.port = free_port()
         # `--workers N` serves admin endpoints on N consecutive ports.
@@ -72,20 +110,25 @@ class Daemon:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, timeout: float = 20.0) -> Daemon:
+    def start(self, timeout: float = 20.0, ready: bool = True) -> Daemon:
+        """Start and wait until ready (`ready=False`: until the admin port answers)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [
-            sys.executable, "-m", "presenced", "serve",
+            *self.command, "serve",
             "--port", str(self.port), "--admin-port", str(self.admin_port), *self.args,
         ]
         with open(self._log.name, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            # serve() opens the admin port after the WebSocket port is bound, so
-            # this waits for both. Probing the WebSocket port itself would leave
-            # a connection that never sends a handshake, and shutdown would wait
-            # for trio-websocket's connect timeout (10 s) to end it.
+            # The admin endpoint answers from early in start-up and /readyz
+            # turns 200 once the WebSocket port listens. Probing the WebSocket
+            # port itself would leave a connection that never sends a
+            # handshake, and shutdown would wait for trio-websocket's connect
+            # timeout (10 s) to end it.
             wait_for_port("127.0.0.1", self.admin_port, timeout, self.proc)
+            if ready:
+                token = {**os.environ, **self.env}.get("PRESENCED_ADMIN_TOKEN")
+                wait_until_ready(self.admin_url, timeout, self.proc, token)
         except Exception as e:
             self.stop()
             raise RuntimeError(f"presenced serve did not start: {e}\n{self.log()}") from None
