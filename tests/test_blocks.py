@@ -7,6 +7,7 @@ import random
 import pytest
 import trio
 
+from decentraland.social_service.v2 import social_service_v2_pb2 as v2
 from presenced.auth.identity import Identity
 from presenced.client import PresenceClient
 from presenced.engine import EngineConfig
@@ -69,5 +70,46 @@ async def test_a_block_hides_a_friend_at_once_and_unblocking_restores(nursery, d
                 assert await next_update(bob_updates) == (ALICE.address, pb.ONLINE)
         assert seen == [BlockChanged(*b, True) for b in blocks] + [
             BlockChanged(*b, False) for b in blocks]
+    finally:
+        shutdown.set()
+
+
+async def test_a_block_hides_a_friend_from_the_v2_module_too(nursery):
+    hub, url, shutdown = await start(nursery)
+    try:
+        async with PresenceClient.connect(url, BOB) as bob, \
+                PresenceClient.connect(url, ALICE) as alice:
+            await bob.heartbeat("main", 1, 1)
+            ids = await alice.load_module("SocialService")
+            updates = await alice.open_stream(ids["SubscribeToFriendConnectivityUpdates"],
+                                              v2.FriendConnectivityUpdate.FromString)
+            friendships = await alice.open_stream(ids["SubscribeToFriendshipUpdates"],
+                                                  v2.FriendshipUpdate.FromString)
+
+            async def friends() -> list[str]:
+                raw = await alice.call(ids["GetFriends"], b"")
+                response = v2.PaginatedFriendsProfilesResponse.FromString(raw)
+                return sorted(f.address for f in response.friends)
+
+            async def next_status() -> tuple[str, int]:
+                with trio.fail_after(5):
+                    item = await updates.next_batch()
+                return item.friend.address, item.status
+
+            assert await next_status() == (BOB.address, v2.ONLINE)
+            assert await friends() == sorted([BOB.address, CAROL.address])
+            await hub.add_blocks([(BOB.address, ALICE.address)])
+            assert await next_status() == (BOB.address, v2.OFFLINE)
+            with trio.fail_after(5):
+                ended = await friendships.next_batch()
+            assert ended.WhichOneof("update") == "delete"
+            assert ended.delete.user.address == BOB.address
+            assert await friends() == [CAROL.address]
+            await hub.remove_blocks([(BOB.address, ALICE.address)])
+            assert await next_status() == (BOB.address, v2.ONLINE)
+            with trio.fail_after(5):
+                back = await friendships.next_batch()
+            assert back.WhichOneof("update") == "accept"
+            assert await friends() == sorted([BOB.address, CAROL.address])
     finally:
         shutdown.set()
