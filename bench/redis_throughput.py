@@ -41,7 +41,7 @@ from presenced.histogram import Histogram  # noqa: E402
 from presenced.model import Position, Presence, PresenceWrite  # noqa: E402
 from presenced.server.config import ServerConfig  # noqa: E402
 from presenced.store.base import FriendshipChanged, Resync  # noqa: E402
-from presenced.store.redis import RedisStore  # noqa: E402
+from presenced.store.redis_store import RedisStore  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
@@ -113,7 +113,7 @@ async def bench_writes(users: int, duration: float, changed_share: float,
                               redis_resync_interval_s=30.0)
         store = RedisStore(server.url, config.redis_store_config(), instance_id="bench")
         recorder = RecordingHistogram()
-        store.flush_latency = recorder
+        store.stats.flush_latency = recorder
         latencies = recorder.values
         addresses = [f"0x{i:040x}" for i in range(users)]
         positions = [Position("bench", i % 100, 0) for i in range(10)]
@@ -123,7 +123,7 @@ async def bench_writes(users: int, duration: float, changed_share: float,
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run, lambda events: None)
             start = time.perf_counter()
-            flushed0 = store.writes_flushed
+            flushed0 = store.stats.writes_flushed
             i = 0
             deadline = start + duration
             while time.perf_counter() < deadline:
@@ -143,12 +143,12 @@ async def bench_writes(users: int, duration: float, changed_share: float,
                 else:
                     await trio.sleep(0)
                     # Never run ahead of Redis by more than one round of users.
-                    while store.pending_writes >= users:
+                    while store.stats.pending_writes >= users:
                         await trio.sleep(0.001)
-            while store.pending_writes:
+            while store.stats.pending_writes:
                 await trio.sleep(0.01)
             elapsed = time.perf_counter() - start
-            flushed = store.writes_flushed - flushed0
+            flushed = store.stats.writes_flushed - flushed0
             nursery.cancel_scope.cancel()
         with server.client() as r:
             info = r.info("memory")
@@ -156,8 +156,8 @@ async def bench_writes(users: int, duration: float, changed_share: float,
     ms = [v * 1000 for v in latencies]
     print(f"  issued {issued / elapsed:,.0f} write() calls/s; "
           f"flushed {flushed / elapsed:,.0f} heartbeats/s to Redis "
-          f"({flushed:,} in {elapsed:.1f} s, {store.flushes} flushes, "
-          f"{flushed / max(1, store.flushes):,.0f} per flush)")
+          f"({flushed:,} in {elapsed:.1f} s, {store.stats.flushes} flushes, "
+          f"{flushed / max(1, store.stats.flushes):,.0f} per flush)")
     print(f"  flush (one pipeline) latency: p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
           f"max {max(ms):.1f} ms")
     print(f"  Redis used_memory {info['used_memory_human']} for {users:,} users")
@@ -278,38 +278,38 @@ async def bench_resync(users: int) -> None:
             total = time.perf_counter() - t
             await trio.sleep(0.05)  # let the ticker see the stall
             print(f"  cold start: started after {total:.3f} s (snapshot read + decode in a "
-                  f"thread {cold.last_resync_seconds:.3f} s, engine.reconcile on the trio "
+                  f"thread {cold.stats.last_resync_seconds:.3f} s, engine.reconcile on the trio "
                   f"thread {applied[0]:.3f} s); {engine.online_count:,} users mirrored; "
                   f"worst trio stall {stall.worst * 1000:.0f} ms")
             # A full resync with everyone already mirrored (nothing changed).
             stall.worst = 0.0
             applied.clear()
-            before = cold.resyncs
+            before = cold.stats.resyncs.total()
             t = time.perf_counter()
-            cold._request_resync("bench", "bench")
-            while cold.resyncs == before:
+            cold.resync_now("bench")
+            while cold.stats.resyncs.total() == before:
                 await trio.sleep(0.001)
             total = time.perf_counter() - t
             await trio.sleep(0.05)
             print(f"  full resync (nothing changed): {total:.3f} s (read + decode "
-                  f"{cold.last_resync_seconds:.3f} s, reconcile {applied[0]:.3f} s); "
+                  f"{cold.stats.last_resync_seconds:.3f} s, reconcile {applied[0]:.3f} s); "
                   f"worst trio stall {stall.worst * 1000:.0f} ms")
             # The periodic check: an audit round trip, whatever the user count.
             stall.worst = 0.0
-            audits = cold.audits
+            audits = cold.stats.audits
             t = time.perf_counter()
             rounds = 50
             for _ in range(rounds):
-                cold._fence = None
-                fence_audits = cold.audits
+                fence_audits = cold.stats.audits
                 await cold._run_audit()
-                while cold.audits == fence_audits:
+                while cold.stats.audits == fence_audits:
                     await trio.sleep(0.0005)
             each = (time.perf_counter() - t) / rounds
             await trio.sleep(0.05)
             print(f"  periodic audit (what runs every --redis-resync-interval): "
                   f"{each * 1000:.2f} ms per audit incl. the fence's trip through the feed "
-                  f"({cold.audits - audits} clean); worst trio stall {stall.worst * 1000:.0f} ms")
+                  f"({cold.stats.audits - audits} clean); "
+                  f"worst trio stall {stall.worst * 1000:.0f} ms")
             t = time.perf_counter()
             snapshot = await cold.online_snapshot()
             print(f"  online_snapshot(): {len(snapshot):,} records in "

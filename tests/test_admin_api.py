@@ -19,6 +19,10 @@ from tests.support.admin import admin_client, new_address, redis_store_available
 from tests.support.daemon import Daemon, free_port
 from tests.support.waits import wait_for
 
+# Writes declare their body's media type (a browser's text/plain POST is refused).
+CSV = {"Content-Type": "text/csv"}
+JSON = {"Content-Type": "application/json"}
+
 
 @pytest.fixture
 def http(store_daemon):
@@ -208,7 +212,7 @@ def test_import_csv_and_json_lines(http):
         f"{c},{a}",
         "",
     ])
-    response = http.post("/v1/friendships/import", content=body)
+    response = http.post("/v1/friendships/import", content=body, headers=CSV)
     assert response.status_code == 200, response.text
     assert response.json() == {"lines": 6, "friendships": 4, "duplicates": 1, "added": 3,
                                "existing": 1}
@@ -226,7 +230,7 @@ def test_import_with_any_malformed_line_applies_nothing(http):
         '{"a": "0x1"',
         f"{b},{new_address()}",
     ])
-    response = http.post("/v1/friendships/import", content=body)
+    response = http.post("/v1/friendships/import", content=body, headers=CSV)
     assert response.status_code == 400
     error = response.json()
     assert "5 malformed lines" in error["error"] and "nothing was imported" in error["error"]
@@ -238,17 +242,17 @@ def test_import_with_any_malformed_line_applies_nothing(http):
 
 
 def test_import_line_numbers_continue_from_first_line(http):
-    response = http.post("/v1/friendships/import", params={"first_line": 1001},
+    response = http.post("/v1/friendships/import", params={"first_line": 1001}, headers=CSV,
                          content=f"{new_address()},{new_address()}\nbad line\n")
     assert response.status_code == 400
     assert response.json()["errors"] == [
         {"line": 1002, "message": "expected two comma-separated addresses"}]
-    assert http.post("/v1/friendships/import", params={"first_line": "x"},
+    assert http.post("/v1/friendships/import", params={"first_line": "x"}, headers=CSV,
                      content="").status_code == 400
 
 
 def test_import_not_utf8_is_400(http):
-    response = http.post("/v1/friendships/import", content=b"\xff\xfe,\n")
+    response = http.post("/v1/friendships/import", content=b"\xff\xfe,\n", headers=CSV)
     assert response.status_code == 400 and "UTF-8" in response.json()["error"]
 
 
@@ -256,7 +260,7 @@ def test_large_import_is_applied_in_chunks(http):
     hub = new_address()
     friends = sorted(new_address() for _ in range(25_000))
     body = "".join(f"{hub},{f}\n" for f in friends)
-    response = http.post("/v1/friendships/import", content=body)
+    response = http.post("/v1/friendships/import", content=body, headers=CSV)
     assert response.status_code == 200
     assert response.json()["added"] == 25_000
     listed = http.get(f"/v1/users/{hub}/friends").json()
@@ -306,13 +310,14 @@ def test_inject_presence_marks_users_online(http):
 
 @pytest.mark.parametrize("payload", [b"{", b"[1,", b'"text"', b"{}", b"42", b"\xff"])
 def test_inject_presence_bad_json_is_400(http, payload):
-    response = http.post("/v1/presence", content=payload)
+    response = http.post("/v1/presence", content=payload, headers=JSON)
     assert response.status_code == 400
     assert isinstance(response.json()["error"], str)
 
 
 def test_request_body_is_bounded(http):
-    response = http.post("/v1/presence", content=b" " * (8 * 1024 * 1024 + 1))
+    response = http.post("/v1/presence", content=b" " * (8 * 1024 * 1024 + 1),
+                         headers=JSON)
     assert response.status_code == 413
     assert "larger than" in response.json()["error"]
 

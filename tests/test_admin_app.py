@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from presenced.server.admin import admin_config_problem, create_app, is_loopback
 from presenced.server.config import ServerConfig
 from presenced.server.hub import Hub
-from presenced.server.metrics import Histogram
 from presenced.store.base import StoreUnavailable
 from presenced.store.memory import MemoryStore
 from tests.support.admin import new_address
@@ -23,8 +22,8 @@ class FlakyStore(MemoryStore):
         super().__init__()
         self.up = True
         self.boom = False
-        self.redis_errors = {"timeout": 3, "connection": 1}
-        self.flush_latency = Histogram()
+        self.stats.shared = True
+        self.stats.errors.update({"timeout": 3, "connection": 1})
 
     @property
     def healthy(self) -> bool:
@@ -49,7 +48,7 @@ async def app(nursery):
     hub = Hub(ServerConfig(), store)
     await nursery.start(hub.run)
     transport = httpx.ASGITransport(app=create_app(hub))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client, hub, store
 
 
@@ -81,7 +80,8 @@ async def test_store_unavailable_is_503_json(app):
                      await client.put(f"/v1/friendships/{a}/{b}")):
         assert response.status_code == 503
         assert "redis is down" in response.json()["error"]
-    response = await client.post("/v1/friendships/import", content=f"{a},{b}\n")
+    response = await client.post("/v1/friendships/import", content=f"{a},{b}\n",
+                                 headers={"Content-Type": "text/csv"})
     assert response.status_code == 503 and response.json()["added"] == 0
 
 
@@ -97,8 +97,8 @@ async def test_unexpected_error_is_500_json_without_traceback(app, caplog):
 
 async def test_store_metrics_are_exported_when_the_store_has_them(app):
     client, hub, store = app
-    store.flush_latency.observe(0.003)
-    store.flush_latency.observe(0.2)
+    store.stats.flush_latency.observe(0.003)
+    store.stats.flush_latency.observe(0.2)
     store.up = False
     text = (await client.get("/metrics")).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -116,7 +116,7 @@ async def test_metrics_without_store_metrics(nursery):
     hub = Hub(ServerConfig(), MemoryStore())
     await nursery.start(hub.run)
     transport = httpx.ASGITransport(app=create_app(hub))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         text = (await client.get("/metrics")).text
     assert "presenced_redis" not in text
     assert "presenced_connections " in text

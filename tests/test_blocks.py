@@ -22,7 +22,7 @@ ALICE, BOB, CAROL = (Identity.generate(random.Random(800 + i)) for i in range(3)
 
 async def start(nursery):
     store = MemoryStore()
-    store.load_friendships([(ALICE.address, BOB.address), (ALICE.address, CAROL.address)])
+    await store.load_friendships([(ALICE.address, BOB.address), (ALICE.address, CAROL.address)])
     config = ServerConfig(port=0, admin_port=0, engine=EngineConfig(offline_grace_ms=100))
     shutdown = trio.Event()
     hub = await nursery.start(lambda task_status: serve(config, shutdown, store=store,

@@ -33,6 +33,7 @@ def test_every_setting_of_the_config_has_an_option():
                "stuck_timeout_s": "stuck_timeout", "sweep_interval_s": "sweep_interval",
                "friends_file": "friends", "redis_socket_timeout_s": "redis_timeout",
                "redis_flush_interval_s": "redis_flush_interval",
+               "redis_flush_min_gap_s": "redis_flush_min_gap",
                "redis_resync_interval_s": "redis_resync_interval",
                "startup_timeout_s": "startup_timeout",
                "max_streams_per_connection": "max_streams",

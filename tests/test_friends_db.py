@@ -343,7 +343,8 @@ async def test_admin_refuses_friendship_and_block_edits_with_a_database(nursery,
                                  ("PUT", f"/v1/blocks/{ALICE.address}/{BOB.address}"),
                                  ("DELETE", f"/v1/blocks/{ALICE.address}/{BOB.address}"),
                                  ("POST", "/v1/friendships/import")]:
-                response = await http.request(method, path)
+                headers = {"Content-Type": "text/csv"} if method == "POST" else {}
+                response = await http.request(method, path, headers=headers)
                 assert response.status_code == 409
                 assert "friends database (--friends-db)" in response.json()["error"]
             blocks = (await http.get(f"/v1/users/{ALICE.address}/blocks")).json()

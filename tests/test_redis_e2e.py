@@ -8,6 +8,8 @@ and restarted empty, and the subscriber connection dropped by Redis.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,9 +21,10 @@ import trio
 from presenced.auth.identity import Identity
 from presenced.client import ConnectionEnded, PresenceClient
 from presenced.server.config import ServerConfig
-from presenced.store.redis import RedisStore
+from presenced.store.redis_store import RedisStore
 from presenced.v1 import presence_pb2 as pb
 from tests.support.daemon import Daemon
+from tests.support.waits import wait_until
 
 TTL_S = 2.0
 SWEEP_S = 0.2
@@ -68,9 +71,7 @@ class Watcher:
         return mine[-1] if mine else None
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.01)
+        await wait_until(predicate, timeout)
 
 
 async def add_friends(url: str, *pairs: tuple[Identity, Identity]) -> None:
@@ -86,17 +87,43 @@ async def add_friends(url: str, *pairs: tuple[Identity, Identity]) -> None:
 @asynccontextmanager
 async def daemons(redis_url: str, count: int, *extra: str) -> AsyncIterator[list[Daemon]]:
     started: list[Daemon] = []
+    failed = False
     try:
         for _ in range(count):
             started.append(Daemon("--redis-url", redis_url, *COMMON, *extra).start())
         yield started
+    except BaseException:
+        # Their logs are what explains a failure: kept, and shown by pytest.
+        failed = True
+        raise
     finally:
         for d in started:
-            d.stop()
+            d.close(failed)
 
 
 def connect(daemon: Daemon, who: Identity):
     return PresenceClient.connect(daemon.url, who)
+
+
+@asynccontextmanager
+async def online(
+    daemon: Daemon, who: Identity, *, realm: str = "home", watcher: Watcher | None = None,
+) -> AsyncIterator[tuple[PresenceClient, Beater]]:
+    """A client that heartbeats (and, with `watcher`, follows its friends' updates) while
+    the block runs.
+
+    Its tasks end before its connection closes: a task that outlived it would find the
+    connection closed by the test itself (code 1000) and fail the test for nothing. That
+    is what made test_kill_9_of_an_instance flaky, when those tasks ran in the test's
+    nursery: a heartbeat due while the friend's connection closed at the end ended the
+    subscription with "connection closed (1000)".
+    """
+    async with connect(daemon, who) as client, trio.open_nursery() as tasks:
+        beater = await beating(tasks, client, realm)
+        if watcher is not None:
+            await tasks.start(watcher.follow, client)
+        yield client, beater
+        tasks.cancel_scope.cancel()
 
 
 class Beater:
@@ -131,25 +158,20 @@ async def beating(nursery: trio.Nursery, client: PresenceClient, realm: str = "h
 
 
 async def wait_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while daemon.log().count(text) < count:
-            await trio.sleep(0.02)
+    await wait_until(lambda: daemon.log().count(text) >= count, timeout)
 
 
 # ---------------------------------------------------------------------------
 
 
-async def test_a_friend_on_another_instance_sees_everything(redis_server, nursery):
+async def test_a_friend_on_another_instance_sees_everything(redis_server):
     await add_friends(redis_server.url, (FRIEND, ALICE))
     async with daemons(redis_server.url, 2) as (one, two):
         watcher = Watcher()
-        async with connect(two, FRIEND) as friend:
-            await beating(nursery, friend)
-            await nursery.start(watcher.follow, friend)
-            async with connect(one, ALICE) as alice, trio.open_nursery() as beats:
+        async with online(two, FRIEND, watcher=watcher) as (friend, _):
+            async with online(one, ALICE) as (alice, beater):
                 await watcher.wait_for(lambda: watcher.last(ALICE))
                 assert watcher.last(ALICE).online
-                beater = await beating(beats, alice)
                 await beater.move("plaza", 1, 2)
                 await watcher.wait_for(lambda: watcher.last(ALICE).realm == "plaza")
                 await beater.move("museum", 3, 4)
@@ -164,7 +186,6 @@ async def test_a_friend_on_another_instance_sees_everything(redis_server, nurser
                 friends = await friend.get_online_friends()
                 assert [(f.address, f.position.realm) for f in friends] == [
                     (ALICE.address, "park")]
-                beats.cancel_scope.cancel()
             # Logout: offline once the grace has passed, exactly once.
             closed = time.monotonic()
             await watcher.wait_for(lambda: not watcher.last(ALICE).online)
@@ -178,25 +199,17 @@ async def test_kill_9_of_an_instance(redis_server, nursery):
     await add_friends(redis_server.url, (FRIEND, ALICE), (FRIEND, BOB))
     async with daemons(redis_server.url, 2) as (one, two):
         watcher = Watcher()
-        async with connect(two, FRIEND) as friend:
-            await beating(nursery, friend)
-            await nursery.start(watcher.follow, friend)
+        async with online(two, FRIEND, watcher=watcher) as (friend, _):
 
             async def on_one(who: Identity, realm: str,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                              ) -> None:
-                # Stays connected and beating until the instance dies under it.
-                try:
-                    async with connect(one, who) as client:
-                        beater = await beating(nursery, client, realm)
-                        await beater.move(realm)
-                        task_status.started()
-                        await trio.sleep_forever()
-                except ConnectionEnded:
-                    pass
-                except BaseExceptionGroup as group:
-                    if group.split(ConnectionEnded)[1] is not None:
-                        raise
+                # Stays connected and beating until the instance dies under it
+                # (its beater then ends quietly: the connection is gone).
+                async with online(one, who, realm=realm) as (_, beater):
+                    await beater.move(realm)
+                    task_status.started()
+                    await trio.sleep_forever()
 
             await nursery.start(on_one, ALICE, "alice-realm")
             await nursery.start(on_one, BOB, "bob-realm")
@@ -206,8 +219,7 @@ async def test_kill_9_of_an_instance(redis_server, nursery):
             one.kill9()
             died = time.monotonic()
             # Bob's client reconnects to the surviving instance at once.
-            async with connect(two, BOB) as bob:
-                await beating(nursery, bob, "bob-realm")
+            async with online(two, BOB, realm="bob-realm"):
                 # Alice's client is gone for good: offline within TTL + sweep.
                 await watcher.wait_for(lambda: not watcher.last(ALICE).online, timeout=10)
                 took = watcher.last(ALICE).at - died
@@ -220,17 +232,12 @@ async def test_kill_9_of_an_instance(redis_server, nursery):
                 assert [f.address for f in friends] == [BOB.address]
 
 
-async def test_redis_killed_and_restarted_empty(redis_server, nursery):
+async def test_redis_killed_and_restarted_empty(redis_server):
     await add_friends(redis_server.url, (FRIEND, ALICE), (LOCAL, ALICE))
     async with daemons(redis_server.url, 2) as (one, two):
         far, near = Watcher(), Watcher()
-        async with connect(two, FRIEND) as friend, connect(one, LOCAL) as local, \
-                connect(one, ALICE) as alice:
-            await beating(nursery, friend)
-            await beating(nursery, local)
-            beater = await beating(nursery, alice)
-            await nursery.start(far.follow, friend)
-            await nursery.start(near.follow, local)
+        async with online(two, FRIEND, watcher=far) as (friend, _), \
+                online(one, LOCAL, watcher=near), online(one, ALICE) as (alice, beater):
             await beater.move("before")
             await far.wait_for(lambda: far.last(ALICE) and far.last(ALICE).realm == "before")
             await near.wait_for(lambda: near.last(ALICE) and near.last(ALICE).realm == "before")
@@ -260,18 +267,15 @@ async def test_redis_killed_and_restarted_empty(redis_server, nursery):
             assert [u.online for u in far.of(ALICE)].count(False) == 0
             assert [u.online for u in near.of(ALICE)].count(False) == 0
             assert (await friend.heartbeat("home", 0, 0)).position.realm == "home"
-    for d in (one, two):
-        assert "Redis lost its data" in d.log()
+        for d in (one, two):
+            assert "Redis lost its data" in d.log()
 
 
-async def test_subscriber_connection_killed(redis_server, nursery):
+async def test_subscriber_connection_killed(redis_server):
     await add_friends(redis_server.url, (FRIEND, ALICE))
     async with daemons(redis_server.url, 2) as (one, two):
         watcher = Watcher()
-        async with connect(two, FRIEND) as friend, connect(one, ALICE) as alice:
-            await beating(nursery, friend)
-            beater = await beating(nursery, alice)
-            await nursery.start(watcher.follow, friend)
+        async with online(two, FRIEND, watcher=watcher), online(one, ALICE) as (_, beater):
             await beater.move("before")
             await watcher.wait_for(lambda: watcher.last(ALICE)
                                    and watcher.last(ALICE).realm == "before")
@@ -303,19 +307,106 @@ def _fail_fast_on_missing_redis(redis_server):
     return redis_server
 
 
-async def test_a_client_kept_alive_by_pings_alone_stays_online_everywhere(redis_server,
-                                                                          nursery):
+async def test_a_client_kept_alive_by_pings_alone_stays_online_everywhere(redis_server):
     # With a TTL shorter than the engine's touch-write interval (10 s), such
     # a user is written to Redis less often than the TTL: other instances
     # must leave them to their (alive) owner instead of expiring them.
     await add_friends(redis_server.url, (FRIEND, ALICE))
     async with daemons(redis_server.url, 2, "--ttl", "1") as (one, two):
         watcher = Watcher()
-        async with connect(two, FRIEND) as friend, connect(one, ALICE) as alice:
-            await beating(nursery, friend)
-            await nursery.start(watcher.follow, friend)
+        async with online(two, FRIEND, watcher=watcher), connect(one, ALICE) as alice:
             await alice.heartbeat("idle", 1, 1)  # then only the server's pings
             await watcher.wait_for(lambda: watcher.last(ALICE)
                                    and watcher.last(ALICE).realm == "idle")
             await trio.sleep(3.0)  # three TTLs
             assert all(u.online for u in watcher.of(ALICE)), watcher.of(ALICE)
+
+
+# ------------------------------------------------- friendships and data loss
+
+
+def friend_set(redis_server, who: Identity) -> set[str]:
+    r = redis_server.client()
+    try:
+        return {m.decode() for m in r.smembers(f"{{presenced}}:f:{who.address}")}
+    finally:
+        r.close()
+
+
+async def test_an_empty_redis_restart_unfriends_nobody(redis_server):
+    """Issue 14: after Redis restarted without persistence, the next resync of
+    any kind removed every friendship: friends were told OFFLINE and got no
+    more updates."""
+    await add_friends(redis_server.url, (FRIEND, ALICE))
+    async with daemons(redis_server.url, 2, "--redis-resync-interval", "1") as (one, two):
+        watcher = Watcher()
+        async with online(two, FRIEND, watcher=watcher) as (friend, _), \
+                online(one, ALICE) as (_, beater):
+            await beater.move("before")
+            await watcher.wait_for(lambda: watcher.last(ALICE)
+                                   and watcher.last(ALICE).realm == "before")
+
+            redis_server.restart()
+            for d in (one, two):
+                await wait_log(d, "Redis available again")
+            # The periodic audit finds a "lost" message, then the pub/sub
+            # connections drop: a resync of each kind, on both instances.
+            r = redis_server.client()
+            try:
+                r.hincrby("{presenced}:seq", "ghost", 1)
+                for d in (one, two):
+                    await wait_log(d, "resynchronised with Redis (audit: missed change "
+                                      "messages from ghost)")
+                reconnected = [d.log().count("(change feed reconnected)") for d in (one, two)]
+                assert r.client_kill_filter(_type="pubsub") >= 2
+            finally:
+                r.close()
+            for d, before in zip((one, two), reconnected, strict=True):
+                await wait_log(d, "(change feed reconnected)", count=before + 1)
+
+            await beater.move("after", 1, 1)
+            await watcher.wait_for(lambda: watcher.last(ALICE).realm == "after")
+            assert all(u.online for u in watcher.of(ALICE))
+            assert [f.address for f in await friend.get_online_friends()] == [ALICE.address]
+            assert friend_set(redis_server, FRIEND) == {ALICE.address}
+            assert friend_set(redis_server, ALICE) == {FRIEND.address}
+
+
+async def test_serve_loads_the_friends_file_into_redis_and_rebuilds_from_it(
+        redis_server, tmp_path):
+    friends = tmp_path / "friends.csv"
+    friends.write_text(f"{FRIEND.address},{ALICE.address}\n{BOB.address},{CAROL.address}\n")
+    async with daemons(redis_server.url, 2, "--friends", str(friends)) as (one, two):
+        # Loaded once; the second instance found it there (idempotent).
+        await wait_log(one, "loaded 2 friendships from")
+        assert "(2 new to the store)" in one.log()
+        assert "(0 new to the store)" in two.log()
+        assert "rebuilt from the friends file" in one.log()  # the persistence warning
+        assert friend_set(redis_server, BOB) == {CAROL.address}
+        watcher = Watcher()
+        async with online(two, FRIEND, watcher=watcher), online(one, ALICE):
+            await watcher.wait_for(lambda: watcher.last(ALICE))
+
+            redis_server.restart()
+            for d in (one, two):
+                await wait_log(d, "rebuilt friendships from the friends file")
+            # Nobody connected knows Bob and Carol: the file does.
+            assert friend_set(redis_server, BOB) == {CAROL.address}
+            assert friend_set(redis_server, CAROL) == {BOB.address}
+            assert friend_set(redis_server, FRIEND) == {ALICE.address}
+            assert all(u.online for u in watcher.of(ALICE))
+
+
+def test_a_malformed_friends_file_with_redis_is_one_line_and_exit_2(redis_server, tmp_path):
+    friends = tmp_path / "friends.csv"
+    friends.write_text(f"{FRIEND.address},{ALICE.address}\n0xnot-an-address,0xabc\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "presenced", "serve", "--port", "0", "--admin-port", "0",
+         "--redis-url", redis_server.url, "--friends", str(friends)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert "line 2" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # Nothing was loaded.
+    assert friend_set(redis_server, FRIEND) == set()

@@ -8,10 +8,11 @@ survives Redis and its change feed failing.
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import fields, replace
 
 import pytest
 import trio
@@ -20,6 +21,7 @@ from presenced.engine import EngineConfig
 from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
 from presenced.store.base import (
+    BlockChanged,
     Expired,
     FriendshipChanged,
     RemoteLeave,
@@ -28,15 +30,17 @@ from presenced.store.base import (
     StoreEvent,
     StoreUnavailable,
 )
-from presenced.store.redis import RedisStore
 from presenced.store.redis_config import RedisStoreConfig
+from presenced.store.redis_store import RedisStore
+from tests.support.redis_server import RedisServer
+from tests.support.waits import now_ms, wait_until
 
 TTL = 2_000
 GRACE = 200
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+# Settings of the store alone (the server has no option for them).
+STORE_ONLY = {f.name for f in fields(RedisStoreConfig)} - {
+    "ttl_ms", "offline_grace_ms", "touch_write_interval_ms", "pool_size", "socket_timeout_s",
+    "flush_interval_s", "resync_interval_s"}
 
 
 def online(address: str, at: int | None = None, realm: str = "main", x: int = 1) -> Presence:
@@ -67,9 +71,13 @@ class Recorder:
         return out
 
     async def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await trio.sleep(0.005)
+        await wait_until(predicate, timeout)
+
+
+def store_config(**overrides: object) -> RedisStoreConfig:
+    """The store's settings as the server derives them, plus `STORE_ONLY` ones."""
+    own = {k: overrides.pop(k) for k in list(overrides) if k in STORE_ONLY}
+    return replace(config(**overrides).redis_store_config(), **own)  # type: ignore[arg-type]
 
 
 def config(**overrides: object) -> ServerConfig:
@@ -95,13 +103,8 @@ async def cluster(redis_server, nursery):
     """`await cluster("a")` starts a RedisStore named "a"; returns (store, recorder)."""
     stores: list[RedisStore] = []
 
-    async def start(
-        name: str, prepare: Callable[[RedisStore], None] | None = None, **overrides: object
-    ) -> tuple[RedisStore, Recorder]:
-        store = RedisStore(redis_server.url, config(**overrides).redis_store_config(),
-                           instance_id=name)
-        if prepare is not None:
-            prepare(store)
+    async def start(name: str, **overrides: object) -> tuple[RedisStore, Recorder]:
+        store = RedisStore(redis_server.url, store_config(**overrides), instance_id=name)
         rec = Recorder()
         stores.append(store)
         await nursery.start(store.run, rec)
@@ -167,6 +170,20 @@ async def test_changes_reach_other_instances_and_never_the_writer(cluster):
     assert [type(e) for e in ra.events] == [Resync, RemotePresence]
 
 
+async def test_a_change_is_written_without_waiting_for_the_flush_interval(cluster):
+    # An interval no test could wait for: only the change itself can start the flush.
+    a, ra = await cluster("a", redis_flush_interval_s=3600.0, redis_flush_min_gap_s=0.0)
+    b, rb = await cluster("b", redis_flush_interval_s=3600.0, redis_flush_min_gap_s=0.0)
+    refresh = online("0xr")
+    a.write(PresenceWrite(online("0xu"), True))
+    await rb.wait_for(lambda: rb.of(RemotePresence))
+    a.write(PresenceWrite(refresh, False))
+    a.write(PresenceLeave("0xu", now_ms()))  # a change: the refresh goes out with it
+    await rb.wait_for(lambda: rb.of(Expired))
+    assert [e.presence.address for e in rb.of(RemotePresence)] == ["0xu", "0xr"]
+    assert a.stats.flushes == 2
+
+
 async def test_refresh_is_silent_but_a_new_owner_is_announced(cluster):
     a, ra = await cluster("a")
     b, rb = await cluster("b")
@@ -209,7 +226,7 @@ async def test_coalescing_never_loses_a_change(cluster):
     # Same batch: the latest state wins but stays a change.
     later = Presence("0xu", True, first.position, first.last_seen_ms + 5)
     a.write(PresenceWrite(later, False))
-    assert a.pending_writes == 1
+    assert a.stats.pending_writes == 1
     await a.flush()
     await rb.wait_for(lambda: rb.of(RemotePresence))
     assert rb.of(RemotePresence) == [RemotePresence(later, "a")]
@@ -290,7 +307,19 @@ async def test_concurrent_claimers_get_each_user_exactly_once(cluster):
     assert all(went[u] == 1 for u in users)
 
 
-async def test_a_dead_owner_does_not_keep_a_user_online(cluster):
+def dead_by_redis_clock(redis_server, store: RedisStore) -> bool:
+    """`store` no longer counts as an owner: its last beacon is older than
+    dead_after by Redis's own clock (as the scripts judge it)."""
+    r = redis_server.client()
+    try:
+        beacon = r.zscore(store.keys.alive, store.instance_id)
+        seconds, micros = r.time()
+    finally:
+        r.close()
+    return beacon is None or seconds * 1000 + micros // 1000 - beacon > store.dead_after_ms
+
+
+async def test_a_dead_owner_does_not_keep_a_user_online(cluster, redis_server):
     """A user whose first instance died moved to b, then logged out of b."""
     x, _ = await cluster("x")
     b, rb = await cluster("b")
@@ -302,7 +331,7 @@ async def test_a_dead_owner_does_not_keep_a_user_online(cluster):
     await b.flush()
     # Once x counts as dead, b's leave is the last one: offline everywhere,
     # including b's own engine, which still counts x as an owner.
-    await trio.sleep(b.dead_after_ms / 1000 + 0.1)
+    await wait_until(lambda: dead_by_redis_clock(redis_server, x), 5)
     b.write(PresenceLeave("0xu", now_ms()))
     await rc.wait_for(lambda: rc.of(Expired))
     assert rc.about("0xu")[-2:] == [RemoteLeave("0xu", "b"), Expired("0xu")]
@@ -321,8 +350,7 @@ async def test_clean_shutdown_hands_users_to_the_sweep_after_the_grace(cluster):
     b.write(PresenceWrite(online("0xv"), False))
     await b.flush()
     await a.aclose()
-    assert not [t for t in threading.enumerate() if t.name == "presenced-redis-listener"
-                and t.is_alive() and t is not b._listener._thread]
+    assert not a.listening and b.listening
     # Nobody is offline yet: a client has the grace to reconnect elsewhere.
     assert rb.of(Expired) == []
     assert await b.claim_expired(now_ms(), TTL) == []
@@ -339,7 +367,8 @@ async def test_friendship_changes_reach_other_instances(cluster):
     assert await b.friends_of("0xa") == frozenset()  # cached by b from now on
     assert (await a.add_friendships([("0xb", "0xa")])).changed == [("0xa", "0xb")]
     await rb.wait_for(lambda: rb.of(FriendshipChanged))
-    assert rb.of(FriendshipChanged) == [FriendshipChanged("0xb", "0xa", True)]
+    # Announced in order (a < b), whichever way round it was added.
+    assert rb.of(FriendshipChanged) == [FriendshipChanged("0xa", "0xb", True)]
     assert await b.friends_of("0xa") == {"0xb"}
     assert (await a.remove_friendships([("0xa", "0xb")])).changed == [("0xa", "0xb")]
     await rb.wait_for(lambda: len(rb.of(FriendshipChanged)) == 2)
@@ -349,56 +378,83 @@ async def test_friendship_changes_reach_other_instances(cluster):
     assert ra.of(FriendshipChanged) == []
 
 
-async def test_friends_of_keeps_a_change_that_races_with_the_fetch(cluster):
-    a, _ = await cluster("a")
+async def test_block_changes_reach_other_instances_with_the_effective_friendship(cluster):
+    a, ra = await cluster("a")
     b, rb = await cluster("b")
-    await a.add_friendships([("0xa", "0xold")])
-    await rb.wait_for(lambda: rb.of(FriendshipChanged))
-    # b's fetch reads Redis, then is held until a's change has reached b: the
-    # answer Redis gave is stale by then, and b must still report the change.
-    release = threading.Event()
-    real = b._redis.smembers
+    await a.add_friendships([("0xa", "0xb")])
+    assert await b.friends_of("0xa") == {"0xb"}  # cached by b
+    changes = await a.add_blocks([("0xb", "0xa")])
+    assert changes.events == [FriendshipChanged("0xa", "0xb", False),
+                              BlockChanged("0xb", "0xa", True)]
+    await rb.wait_for(lambda: rb.of(BlockChanged))
+    assert rb.of(FriendshipChanged)[-1] == FriendshipChanged("0xa", "0xb", False)
+    assert rb.of(BlockChanged) == [BlockChanged("0xb", "0xa", True)]
+    assert await b.friends_of("0xa") == frozenset()
+    # Read fresh by an instance that had not cached it: hidden too.
+    c, _ = await cluster("c")
+    assert await c.friends_of("0xb") == frozenset()
+    assert await c.block_status("0xa", "0xb") == (False, True)
+    await b.add_blocks([("0xa", "0xb")])
+    await a.remove_blocks([("0xb", "0xa")])
+    assert await c.friends_of("0xb") == frozenset()  # still blocked the other way
+    changes = await b.remove_blocks([("0xa", "0xb")])
+    assert changes.events == [BlockChanged("0xa", "0xb", False),
+                              FriendshipChanged("0xa", "0xb", True)]
+    await ra.wait_for(lambda: ra.of(FriendshipChanged))
+    assert ra.of(FriendshipChanged) == [FriendshipChanged("0xa", "0xb", True)]
+    assert await a.friends_of("0xb") == {"0xa"}
+    assert await c.friends_of("0xb") == {"0xa"}
+    await barrier(a, ra, b, rb, "blocks")
+    # Nobody hears of its own changes; every instance hears of the others'.
+    assert ra.of(BlockChanged) == [BlockChanged("0xa", "0xb", True),
+                                   BlockChanged("0xa", "0xb", False)]
+    assert rb.of(BlockChanged) == [BlockChanged("0xb", "0xa", True),
+                                   BlockChanged("0xb", "0xa", False)]
 
-    def slow_smembers(key: str) -> object:
-        members = real(key)
-        release.wait(5)
-        return members
 
-    b._redis.smembers = slow_smembers  # type: ignore[method-assign]
-    result: list[frozenset[str]] = []
-
-    async def fetch() -> None:
-        result.append(await b.friends_of("0xa"))
-
-    async with trio.open_nursery() as n:
-        n.start_soon(fetch)
-        await trio.sleep(0.05)
-        await a.add_friendships([("0xa", "0xnew")])
-        await a.remove_friendships([("0xa", "0xold")])
-        await rb.wait_for(lambda: len(rb.of(FriendshipChanged)) == 3)
-        release.set()
-    assert result == [frozenset({"0xnew"})]
-    b._redis.smembers = real  # type: ignore[method-assign]
-    assert await b.friends_of("0xa") == {"0xnew"}
+async def test_each_online_and_offline_transition_is_reported_by_one_instance(
+        cluster, redis_server):
+    seen: list[tuple[str, str, bool]] = []
+    stores = []
+    for name in ("a", "b"):
+        store, rec = await cluster(name)
+        store.on_status = lambda address, online_, name=name: seen.append(
+            (name, address, online_))
+        stores.append((store, rec))
+    (a, ra), (b, rb) = stores
+    a.write(PresenceWrite(online("0xu"), True))
+    await a.flush()
+    b.write(PresenceWrite(online("0xu"), True))  # a second owner: no transition
+    await b.flush()
+    a.write(PresenceLeave("0xu", now_ms()))
+    await a.flush()
+    assert seen == [("a", "0xu", True)]
+    b.write(PresenceLeave("0xu", now_ms()))  # the last owner leaves
+    await b.flush()
+    assert seen == [("a", "0xu", True), ("b", "0xu", False)]
+    # Expired by a sweep: the claimer reports it.
+    t = now_ms()
+    a.write(PresenceWrite(online("0xv", t), True))
+    await a.flush()
+    await a.aclose(leave=False)  # vanishes as if it had crashed
+    await wait_until(lambda: dead_by_redis_clock(redis_server, a), 10)
+    assert await b.claim_expired(t + 3 * TTL, TTL) == ["0xv"]
+    assert seen[-2:] == [("a", "0xv", True), ("b", "0xv", False)]
 
 
 # --------------------------------------------------------------- failures
 
 
 async def test_subscriber_killed_is_noticed_and_repaired(cluster, redis_server):
-    def slow_reconnect(store: RedisStore) -> None:
-        # Stay cut off long enough for a change to be published meanwhile.
-        store.backoff_min_s = 0.5
-
     a, _ = await cluster("a")
-    b, rb = await cluster("b", prepare=slow_reconnect)
+    # b stays cut off long enough for a change to be published meanwhile.
+    b, rb = await cluster("b", backoff_min_s=0.5)
     r = redis_server.client()
     try:
         assert r.client_kill_filter(_type="pubsub") >= 2
     finally:
         r.close()
-    await trio.sleep(0.05)
-    assert not b.healthy
+    await rb.wait_for(lambda: not b.healthy)
     p = online("0xu", realm="while-cut-off")
     a.write(PresenceWrite(p, True))
     await a.flush()
@@ -409,7 +465,7 @@ async def test_subscriber_killed_is_noticed_and_repaired(cluster, redis_server):
     assert first.reason == "change feed reconnected"
     assert [(q, owners) for q, owners in first.records if q.address == "0xu"] == [(p, {"a"})]
     await rb.wait_for(lambda: b.healthy)
-    assert b.redis_errors["listener"] == 1
+    assert b.stats.errors["listener"] == 1
     # And the feed works again.
     a.write(PresenceWrite(online("0xu", realm="after"), True))
     await rb.wait_for(lambda: rb.of(RemotePresence))
@@ -449,17 +505,14 @@ async def test_the_audit_notices_a_lost_last_message(cluster, redis_server):
         r.close()
     await rb.wait_for(lambda: len(rb.of(Resync)) == 2)
     assert rb.of(Resync)[-1].reason == "audit: missed change messages from a"
-    audits = b.audits
-    await rb.wait_for(lambda: b.audits > audits + 1)
+    audits = b.stats.audits
+    await rb.wait_for(lambda: b.stats.audits > audits + 1)
     assert len(rb.of(Resync)) == 2
 
 
 async def test_redis_restarted_empty(cluster, redis_server):
-    def quick(store: RedisStore) -> None:
-        store.backoff_max_s = 0.2
-
-    a, ra = await cluster("a", prepare=quick)
-    b, rb = await cluster("b", prepare=quick)
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
     await a.add_friendships([("0xa1", "0xb1")])
     assert await a.friends_of("0xa1") == {"0xb1"}
     a.write(PresenceWrite(online("0xa1"), True))
@@ -474,13 +527,13 @@ async def test_redis_restarted_empty(cluster, redis_server):
     for i in range(5):
         a.write(PresenceWrite(online("0xa1", x=i), True))
     a.write(PresenceWrite(online("0xa2"), True))
-    assert a.pending_writes == 2
+    assert a.stats.pending_writes == 2
     with pytest.raises(StoreUnavailable):
         await a.add_friendships([("0xa1", "0xzz")])
     assert await a.friends_of("0xa1") == {"0xb1"}  # cached
     with pytest.raises(StoreUnavailable):
         await a.friends_of("0xuncached")
-    assert a.outages == 1
+    assert a.stats.outages == 1
 
     redis_server.restart()
     await ra.wait_for(lambda: a.healthy, timeout=10)
@@ -492,16 +545,16 @@ async def test_redis_restarted_empty(cluster, redis_server):
     last = rb.of(Resync)[-1]
     assert {p.address for p, _ in last.records} == {"0xa1", "0xa2", "0xb1"}
     assert last.reason in ("change feed reconnected", "Redis reachable again")
-    assert a.outages == 1 and a.resync_reasons
-    # Friendships are not rebuilt from memory, but connected users keep theirs.
+    assert a.stats.outages == 1 and a.stats.resyncs["start"] == 1
+    # Friendships in memory were put back.
     assert await a.friends_of("0xa1") == {"0xb1"}
+    assert await b.friends_of("0xb1") == {"0xa1"}
 
 
 async def test_start_waits_for_redis(redis_server, nursery):
     url = redis_server.url
     redis_server.kill()
-    store = RedisStore(url, config().redis_store_config(), instance_id="late")
-    store.backoff_max_s = 0.1
+    store = RedisStore(url, store_config(backoff_max_s=0.1), instance_id="late")
     started = trio.Event()
 
     async def run() -> None:
@@ -509,7 +562,8 @@ async def test_start_waits_for_redis(redis_server, nursery):
         started.set()
 
     nursery.start_soon(run)
-    await trio.sleep(0.3)
+    # Retried a few times, and still waiting.
+    await wait_until(lambda: store.stats.errors.total() >= 3)
     assert not started.is_set() and not store.healthy
     redis_server.start()
     with trio.fail_after(5):
@@ -525,7 +579,7 @@ async def test_aclose_is_quick_and_leaves_no_threads(cluster):
     await a.aclose()
     assert time.monotonic() - start < 1.0
     assert not a.healthy
-    assert not a._listener.alive
+    assert not a.listening
     a.write(PresenceWrite(online("0xu"), True))  # ignored, never raises
 
 
@@ -548,48 +602,163 @@ async def test_a_restarted_sequence_is_noticed(cluster, redis_server):
     assert [q for q, _ in rb.of(Resync)[-1].records] == [p]
     a.write(PresenceWrite(online("0xu", realm="three"), True))
     await rb.wait_for(lambda: len(rb.of(RemotePresence)) == 2)
-    assert b.resync_reasons == {"start": 1, "gap": 1}
+    assert b.stats.resyncs == {"start": 1, "gap": 1}
 
 
-async def test_an_expiry_racing_with_a_resync_is_not_undone(cluster):
-    """Our claim lands after the resync's snapshot was read but before it is
-    applied: the snapshot still shows the user, so the store expires them
-    again right after the Resync (or the user would stay online for good)."""
-    x, _ = await cluster("x")
-    b, rb = await cluster("b")
-    t = now_ms()
-    x.write(PresenceWrite(online("0xu", t), True))
-    await x.flush()
-    await x.aclose(leave=False)
+# --------------------------------------------------------------- data loss
+
+
+def removals(rec: Recorder) -> list[FriendshipChanged]:
+    return [e for e in rec.of(FriendshipChanged) if not e.added]
+
+
+async def resyncs_after(store: RedisStore, kind: str, before: int) -> None:
+    await wait_until(lambda: store.stats.resyncs[kind] > before and store.healthy, 10)
+
+
+async def audit_and_feed_resyncs(redis_server, *stores: RedisStore) -> None:
+    """A resync of each kind the issue names, on every store, after recovery."""
+    audits = [s.stats.resyncs["audit"] for s in stores]
+    reconnects = [s.stats.resyncs["feed-reconnected"] for s in stores]
+    r = redis_server.client()
+    try:
+        # A counter no message matches: every audit finds a "lost" message.
+        r.hincrby(stores[0].keys.seq, "ghost", 1)
+        for store, before in zip(stores, audits, strict=True):
+            await resyncs_after(store, "audit", before)
+        assert r.client_kill_filter(_type="pubsub") >= len(stores)
+    finally:
+        r.close()
+    for store, before in zip(stores, reconnects, strict=True):
+        await resyncs_after(store, "feed-reconnected", before)
+
+
+async def recovered(*stores: RedisStore) -> None:
+    await wait_until(lambda: all(s.stats.outages for s in stores), 10)
+    await wait_until(lambda: all(s.healthy for s in stores), 10)
+
+
+def friend_set(redis_server, store: RedisStore, address: str) -> set[str]:
+    r = redis_server.client()
+    try:
+        return {m.decode() for m in r.smembers(store.keys.friends(address))}
+    finally:
+        r.close()
+
+
+async def test_an_empty_restart_never_unfriends_anyone(cluster, redis_server):
+    """Issue 14: after Redis restarted without persistence, the next resync of
+    any kind (the periodic audit, a dropped pub/sub connection) compared the
+    cached friend sets with the empty ones in Redis and removed them all."""
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
+    await a.add_friendships([("0xa1", "0xb1"), ("0xa1", "0xa2")])
+    assert await a.friends_of("0xa1") == {"0xb1", "0xa2"}
+    assert await b.friends_of("0xb1") == {"0xa1"}
+    a.write(PresenceWrite(online("0xa1"), True))
+    b.write(PresenceWrite(online("0xb1"), True))
     await rb.wait_for(lambda: rb.of(RemotePresence))
+    await ra.wait_for(lambda: ra.of(RemotePresence))
 
-    snapshot_read, claim_done = threading.Event(), threading.Event()
-    real_read, real_claim = b._read_snapshot_sync, b._claim_sync
+    redis_server.restart()
+    await recovered(a, b)
+    await audit_and_feed_resyncs(redis_server, a, b)
 
-    def read(friends):
-        snap = real_read(friends)
-        snapshot_read.set()
-        claim_done.wait(5)
-        return snap
+    assert removals(ra) == [] and removals(rb) == []
+    assert await a.friends_of("0xa1") == {"0xb1", "0xa2"}
+    assert await b.friends_of("0xb1") == {"0xa1"}
+    # What the instances had in memory is in Redis again, both directions.
+    assert friend_set(redis_server, a, "0xa1") == {"0xb1", "0xa2"}
+    assert friend_set(redis_server, a, "0xa2") == {"0xa1"}
+    assert friend_set(redis_server, a, "0xb1") == {"0xa1"}
 
-    def claim(now, ttl):
-        snapshot_read.wait(5)
-        return real_claim(now, ttl)
 
-    b._read_snapshot_sync = read
-    b._claim_sync = claim
-    claimed: list[str] = []
+async def test_a_restart_from_an_older_save_never_unfriends_anyone(cluster, redis_server):
+    """Redis restarted from a dump that misses the last writes: the same epoch,
+    but counters that went back; the friendships made since are put back."""
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
+    await a.add_friendships([("0xa1", "0xb1")])
+    assert await a.friends_of("0xa1") == {"0xb1"}
+    r = redis_server.client()
+    try:
+        r.save()
+    finally:
+        r.close()
+    await a.add_friendships([("0xa1", "0xlate")])
+    assert await b.friends_of("0xlate") == {"0xa1"}
 
-    async def sweep() -> None:
-        claimed.extend(await b.claim_expired(t + 3 * TTL, TTL))
-        claim_done.set()
+    redis_server.restart()
+    await recovered(a, b)
+    await audit_and_feed_resyncs(redis_server, a, b)
 
-    async with trio.open_nursery() as n:
-        n.start_soon(sweep)
-        await trio.sleep(0.05)  # the claim is in flight, then a resync starts
-        b._request_resync("test", "test")
-        await rb.wait_for(lambda: len(rb.of(Resync)) == 2)
-    assert claimed == ["0xu"]
-    resync = rb.of(Resync)[-1]
-    assert [p.address for p, _ in resync.records] == ["0xu"]
-    assert rb.events[-1] == Expired("0xu")
+    assert removals(ra) == [] and removals(rb) == []
+    assert await a.friends_of("0xa1") == {"0xb1", "0xlate"}
+    assert await b.friends_of("0xlate") == {"0xa1"}
+    assert friend_set(redis_server, a, "0xa1") == {"0xb1", "0xlate"}
+
+
+class ListSource:
+    """A friends source in memory, in two batches."""
+
+    name = "test source"
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+        self.reads = 0
+
+    async def batches(self):
+        self.reads += 1
+        yield self.pairs[:1]
+        yield self.pairs[1:]
+
+    async def block_batches(self):
+        return
+        yield
+
+
+async def test_friendships_are_rebuilt_from_the_source_after_an_empty_restart(
+        cluster, redis_server, caplog):
+    caplog.set_level(logging.INFO, logger="presenced.store.redis")
+    a, ra = await cluster("a", backoff_max_s=0.2)
+    b, rb = await cluster("b", backoff_max_s=0.2)
+    source = ListSource([("0xs1", "0xs2"), ("0xa1", "0xs3")])
+    a.set_friends_source(source)
+    assert await a.load_friendships(source.pairs) == 2
+    assert await a.friends_of("0xa1") == {"0xs3"}
+    # Made through the admin API, not in the source: survives through memory.
+    await b.add_friendships([("0xb1", "0xb2")])
+    assert await b.friends_of("0xb1") == {"0xb2"}
+    heard = len(rb.of(FriendshipChanged))
+
+    redis_server.restart()
+    await recovered(a, b)
+    # Nobody had 0xs1 or 0xs2 in memory: only the source knows them.
+    await wait_until(lambda: friend_set(redis_server, a, "0xs1") == {"0xs2"}, 10)
+    assert source.reads == 1
+    assert friend_set(redis_server, a, "0xs3") == {"0xa1"}
+    assert friend_set(redis_server, a, "0xb2") == {"0xb1"}
+    # Every engine hears of what the rebuild added, this instance's too
+    # (sessions run by then), as of any change.
+    await rb.wait_for(lambda: FriendshipChanged("0xs1", "0xs2", True)
+                      in rb.of(FriendshipChanged)[heard:])
+    assert FriendshipChanged("0xs1", "0xs2", True) in ra.of(FriendshipChanged)
+    assert removals(ra) == [] and removals(rb) == []
+    assert "rebuilt friendships from the test source" in caplog.text
+
+
+async def test_start_warns_when_redis_keeps_nothing_on_disk(cluster, caplog):
+    a, _ = await cluster("a")
+    assert "Redis keeps nothing on disk" in caplog.text
+    assert "give presenced a friends source" in caplog.text
+
+
+async def test_start_tolerates_config_being_disabled(nursery, caplog):
+    caplog.set_level(logging.INFO, logger="presenced.store.redis")
+    with RedisServer(extra_args=["--rename-command", "CONFIG", ""]) as server:
+        store = RedisStore(server.url, store_config(), instance_id="managed")
+        await nursery.start(store.run, Recorder())
+        assert store.healthy
+        await store.aclose()
+    assert "cannot tell whether Redis keeps its data on disk" in caplog.text
+    assert "Redis keeps nothing on disk" not in caplog.text

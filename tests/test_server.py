@@ -51,7 +51,7 @@ async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), **overrid
     engine = overrides.pop("engine", EngineConfig(offline_grace_ms=100))
     config = replace(ServerConfig(port=0, admin_port=0, engine=engine), **overrides)
     store = MemoryStore()
-    store.load_friendships((a.address, b.address) for a, b in friendships)
+    await store.load_friendships((a.address, b.address) for a, b in friendships)
     shutdown = trio.Event()
     hub = await nursery.start(
         lambda task_status: serve(config, shutdown, store=store, task_status=task_status)

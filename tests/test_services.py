@@ -87,7 +87,7 @@ async def running(nursery, **overrides):
     GATE = Gate()
     config = ServerConfig(port=0, admin_port=0, **overrides)
     store = MemoryStore()
-    store.load_friendships([(ALICE.address, BOB.address)])
+    await store.load_friendships([(ALICE.address, BOB.address)])
     shutdown = trio.Event()
     hub = await nursery.start(
         lambda task_status: serve(config, shutdown, store=store,

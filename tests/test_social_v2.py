@@ -25,7 +25,7 @@ from presenced.server.app import serve
 from presenced.server.config import ServerConfig
 from presenced.services import social_v2
 from presenced.store.memory import MemoryStore
-from presenced.store.redis import RedisStore
+from presenced.store.redis_store import RedisStore
 from presenced.v1 import presence_pb2 as v1
 from tests.support.profile_server import ProfileServer
 from tests.support.waits import wait_until
@@ -85,7 +85,7 @@ async def running(nursery, friendships=((ALICE, BOB), (ALICE, CAROL)), raw_pairs
     store = None
     if config.redis_url is None:
         store = MemoryStore()
-        store.load_friendships([(a.address, b.address) for a, b in friendships]
+        await store.load_friendships([(a.address, b.address) for a, b in friendships]
                                + list(raw_pairs))
     shutdown = trio.Event()
     hub = await nursery.start(
@@ -401,7 +401,7 @@ async def test_profile_and_friendship_metrics(nursery):
             async with server.v2(ALICE) as alice:
                 await alice.get_friends()
             transport = httpx.ASGITransport(app=create_app(server.hub))
-            async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
                 text = (await http.get("/metrics")).text
     samples = {(s.name, s.labels.get("result")): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}

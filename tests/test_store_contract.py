@@ -11,12 +11,11 @@ import pytest
 from presenced.engine import EngineConfig
 from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
-from presenced.store.base import BlockChanged, BlockLists, FriendshipChanged, Store
+from presenced.store.base import BlockChanged, BlockLists, FriendshipChanged, Store, StoreEvent
 from presenced.store.memory import MemoryStore
 from tests.support.waits import now_ms
 
 TTL = 1_000
-
 
 
 def online(address: str, at: int, realm: str | None = "main", x: int = 1, y: int = 2) -> Presence:
@@ -31,21 +30,40 @@ def backend(request: pytest.FixtureRequest) -> object:
     return None
 
 
+class Sink:
+    """What a store reports to its engine."""
+
+    def __init__(self) -> None:
+        self.events: list[StoreEvent] = []
+
+    def __call__(self, events: list[StoreEvent]) -> None:
+        self.events.extend(events)
+
+    def friendships(self) -> list[FriendshipChanged]:
+        return [e for e in self.events if isinstance(e, FriendshipChanged)]
+
+
 @pytest.fixture
-async def store(backend, nursery):
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+async def store(backend, nursery, sink):
     if backend is None:
         s = MemoryStore("me")
+        await nursery.start(s.run, sink)
         yield s
         await s.aclose()
         return
-    from presenced.store.redis import RedisStore
+    from presenced.store.redis_store import RedisStore
 
     # The engine refreshes users kept alive by pings this often; the Redis
     # store leaves a live owner's users to it for twice that.
     engine = EngineConfig(touch_write_interval_ms=TTL // 2)
     config = ServerConfig(redis_flush_interval_s=0.01, engine=engine).redis_store_config()
     s = RedisStore(backend.url, config, instance_id="me")
-    await nursery.start(s.run, lambda events: None)
+    await nursery.start(s.run, sink)
     yield s
     await s.aclose()
 
@@ -91,18 +109,35 @@ async def test_friends_of_sees_own_changes_after_caching(store: Store):
     assert await store.friends_of("0xa") == frozenset()
 
 
+async def test_load_friendships_is_idempotent(store: Store, sink: Sink):
+    await store.add_friendships([("0xa", "0xb")])
+    assert await store.friends_of("0xc") == frozenset()  # cached by a caching store
+    pairs = [("0xa", "0xb"), ("0xb", "0xc"), ("0xc", "0xd"), ("0xd", "0xd")]
+    assert await store.load_friendships(pairs) == 2
+    assert await store.friends_of("0xc") == {"0xb", "0xd"}
+    assert await store.friends_of("0xa") == {"0xb"}
+    assert await store.load_friendships(iter(pairs)) == 0
+    # A load precedes this instance's sessions: its engine is not told.
+    assert sink.friendships() == []
+
+
+async def test_load_friendships_in_bulk(store: Store):
+    # More than one script call and more than one pipeline of the Redis store.
+    users = [f"0x{i:040x}" for i in range(45_001)]
+    pairs = list(zip(users, users[1:], strict=False))
+    assert await store.load_friendships(pairs) == 45_000
+    assert await store.friends_of(users[30_000]) == {users[29_999], users[30_001]}
+    assert await store.load_friendships(pairs) == 0
+
+
+async def test_stats_say_whether_the_store_is_shared(store: Store, backend):
+    assert store.stats.shared is (backend is not None)
+
+
 # ---------------------------------------------------------------------- blocks
 
 
-@pytest.fixture
-def blocking_store(store, backend):
-    if backend is not None:
-        pytest.skip("blocks in the Redis store come with the store refactor (step 2)")
-    return store
-
-
-async def test_block_between_friends_ends_the_effective_friendship(blocking_store: Store):
-    store = blocking_store
+async def test_block_between_friends_ends_the_effective_friendship(store: Store):
     await store.add_friendships([("0xa", "0xb"), ("0xa", "0xc")])
     changes = await store.add_blocks([("0xb", "0xa")])
     assert changes.changed == [("0xb", "0xa")]
@@ -120,10 +155,7 @@ async def test_block_between_friends_ends_the_effective_friendship(blocking_stor
     assert again.changed == [] and again.events == []
 
 
-async def test_unblocking_restores_the_friendship_only_after_the_last_block(
-    blocking_store: Store,
-):
-    store = blocking_store
+async def test_unblocking_restores_the_friendship_only_after_the_last_block(store: Store):
     await store.add_friendships([("0xa", "0xb")])
     await store.add_blocks([("0xa", "0xb")])
     # The second direction changes the blocks, not the (already hidden) friendship.
@@ -142,10 +174,7 @@ async def test_unblocking_restores_the_friendship_only_after_the_last_block(
     assert await store.block_status("0xa", "0xb") == (False, False)
 
 
-async def test_friendships_changed_under_a_block_have_no_effective_event(
-    blocking_store: Store,
-):
-    store = blocking_store
+async def test_friendships_changed_under_a_block_have_no_effective_event(store: Store):
     await store.add_blocks([("0xa", "0xb")])
     added = await store.add_friendships([("0xb", "0xa")])
     assert added.changed == [("0xa", "0xb")] and added.events == []
@@ -158,14 +187,22 @@ async def test_friendships_changed_under_a_block_have_no_effective_event(
     assert await store.friends_of("0xa") == frozenset()
 
 
-async def test_blocks_without_friendship_and_self_blocks(blocking_store: Store):
-    store = blocking_store
+async def test_blocks_without_friendship_and_self_blocks(store: Store):
     changes = await store.add_blocks([("0xa", "0xb"), ("0xa", "0xa"), ("0xa", "0xc")])
     assert changes.changed == [("0xa", "0xb"), ("0xa", "0xc")]
     assert changes.events == [BlockChanged("0xa", "0xb", True), BlockChanged("0xa", "0xc", True)]
     assert await store.blocks_of("0xa") == BlockLists(frozenset({"0xb", "0xc"}), frozenset())
     assert await store.blocks_of("0xnobody") == BlockLists(frozenset(), frozenset())
     assert (await store.remove_blocks([("0xa", "0xa")])).changed == []
+
+
+async def test_load_blocks_is_idempotent_and_hides_loaded_friendships(store: Store, sink: Sink):
+    await store.load_friendships([("0xa", "0xb"), ("0xa", "0xc")])
+    assert await store.load_blocks([("0xb", "0xa"), ("0xb", "0xa"), ("0xc", "0xc")]) == 1
+    assert await store.load_blocks([("0xb", "0xa")]) == 0
+    assert await store.friends_of("0xa") == {"0xc"}
+    assert await store.blocks_of("0xb") == BlockLists(frozenset({"0xa"}), frozenset())
+    assert sink.friendships() == []
 
 
 # -------------------------------------------------------------------- presence

@@ -16,7 +16,7 @@ import trio
 from presenced.model import Position, Presence, PresenceWrite
 from presenced.server.config import ServerConfig
 from presenced.socialgraph import SocialGraph
-from presenced.store.redis import RedisStore
+from presenced.store.redis_store import RedisStore
 
 REALMS = ("main", "hela", "dg")
 FRIENDSHIP_BATCH = 20_000

@@ -104,7 +104,7 @@ async def _claim(url: str, users: int, repeats: int, redis_pid: int) -> dict:
 
     from bench.suite.populate import write_presence
     from presenced.server.config import ServerConfig
-    from presenced.store.redis import RedisStore
+    from presenced.store.redis_store import RedisStore
 
     config = ServerConfig()
     ttl = config.engine.ttl_ms

@@ -105,9 +105,10 @@ def serve(
                                            "port).")] = _SERVER.port,
     friends: Annotated[Path | None, typer.Option(
         envvar=_env("FRIENDS"), exists=True, dir_okay=False,
-        help="Friendships to load at start (embedded store): CSV lines 'address_a,address_b' "
-             "(a header line, a UTF-8 byte-order mark and CRLF line ends are accepted), '#' "
-             "comments, or JSON lines.")] = None,
+        help="Friendships to load at start, into the embedded store or (idempotently) into "
+             "Redis, which also rebuilds them from this file if it loses its data: CSV lines "
+             "'address_a,address_b' (a header line, a UTF-8 byte-order mark and CRLF line ends "
+             "are accepted), '#' comments, or JSON lines.")] = None,
     blocks: Annotated[Path | None, typer.Option(
         envvar=_env("BLOCKS"), exists=True, dir_okay=False,
         help="Blocks to load at start: lines 'blocker,blocked' ('#' comments) or JSON lines. "
@@ -156,8 +157,14 @@ def serve(
     ] = _SERVER.redis_socket_timeout_s,
     redis_flush_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_FLUSH_INTERVAL"), min=0.001,
-        help="Seconds between batched presence writes to Redis.")
+        help="Seconds a presence write that changes nothing for others (a refresh) may wait "
+             "before it is written to Redis, batched with others.")
     ] = _SERVER.redis_flush_interval_s,
+    redis_flush_min_gap: Annotated[float, typer.Option(
+        envvar=_env("REDIS_FLUSH_MIN_GAP"), min=0,
+        help="Seconds between flushes at least, when a change (online, moved, offline) is "
+             "written at once so that other instances hear of it without waiting for "
+             "--redis-flush-interval.")] = _SERVER.redis_flush_min_gap_s,
     redis_resync_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_RESYNC_INTERVAL"), min=1,
         help="Seconds between full comparisons of local state with Redis.")
@@ -378,6 +385,7 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         redis_pool_size=options["redis_pool_size"],
         redis_socket_timeout_s=options["redis_timeout"],
         redis_flush_interval_s=options["redis_flush_interval"],
+        redis_flush_min_gap_s=options["redis_flush_min_gap"],
         redis_resync_interval_s=options["redis_resync_interval"],
         startup_timeout_s=options["startup_timeout"],
         workers=options["workers"],
@@ -427,10 +435,11 @@ def _check(ctx: typer.Context, config: ServerConfig) -> int:
     import trio
 
     from presenced.logs import redact_url
-    from presenced.server.app import ConfigError, build_store, check_config
+    from presenced.server.app import ConfigError, build_store, check_config, read_friends_file
 
     async def check_store() -> None:
         check_config(config)
+        read_friends_file(config)
         store = build_store(config)
         await store.aclose()
 

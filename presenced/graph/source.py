@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
@@ -153,6 +153,27 @@ class FriendsDatabase:
         if not self._events_ok:
             reasons.append("social service events disconnected")
         return reasons
+
+    # ---------------------------------------------- as the store's friends source
+
+    @property
+    def name(self) -> str:
+        return f"friends database {self.database.description}"
+
+    async def batches(self) -> AsyncIterator[Sequence[Friendship]]:
+        """What was applied, to rebuild a store that lost its data (Redis
+        restarted empty): the database as last read, not read again."""
+        ids = self.reconciler.ids
+        for chunk in _chunks((ids.pair(k) for k in self.reconciler.friendships.keys()),
+                             LOAD_CHUNK):
+            yield chunk
+            await trio.lowlevel.checkpoint()
+
+    async def block_batches(self) -> AsyncIterator[Sequence[Block]]:
+        ids = self.reconciler.ids
+        blocks = [ids.block(k) for k in self.reconciler.blocks.present]
+        for start in range(0, len(blocks), LOAD_CHUNK):
+            yield blocks[start:start + LOAD_CHUNK]
 
     @property
     def friendship_count(self) -> int:

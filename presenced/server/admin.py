@@ -12,6 +12,7 @@ status, never a traceback.
 
 from __future__ import annotations
 
+import codecs
 import hmac
 import io
 import ipaddress
@@ -21,6 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -41,8 +43,8 @@ from presenced.server.config import ServerConfig
 from presenced.server.hub import Hub
 from presenced.server.prometheus import build_registry
 from presenced.server.readiness import not_ready_reasons
-from presenced.store.base import StoreUnavailable
-from presenced.store.friends_file import parse_friendships
+from presenced.store.base import Friendship, StoreUnavailable
+from presenced.store.friends_file import BOM, LineError, is_header, parse_friendship_line
 
 log = logging.getLogger("presenced.admin")
 audit_log = logging.getLogger("presenced.audit")
@@ -51,9 +53,14 @@ audit_log = logging.getLogger("presenced.audit")
 # chunks), everything else is small.
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
 MAX_PRESENCE_BYTES = 8 * 1024 * 1024
+# An import is parsed as it arrives, this many bytes at a time, in a worker
+# thread: the event loop never runs one long parse (a 64 MiB body parsed at
+# once held it for seconds), and only one step's text is held at a time.
+IMPORT_STEP_BYTES = 1024 * 1024
 # Friendships handed to the store at once during an import: keeps each
-# Redis pipeline bounded and lets other tasks run between chunks.
-IMPORT_CHUNK = 10_000
+# Redis pipeline bounded and lets other tasks run between chunks (2,000
+# cost the event loop about 5 ms with the embedded store).
+IMPORT_CHUNK = 2_000
 # Errors listed in a rejected import; the total is always reported.
 MAX_LISTED_ERRORS = 1000
 
@@ -182,7 +189,9 @@ def create_app(hub: Hub) -> ASGIApp:
         Route("/v1/blocks/{blocker}/{blocked}", api.remove_block, methods=["DELETE"]),
         Route("/v1/presence", api.inject_presence, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app: ASGIApp = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app = BrowserGuard(app, loopback_hosts_only=is_loopback(hub.config.admin_host),
+                       refused=hub.metrics.admin_refused)
     token = hub.config.admin_token
     return BearerAuth(app, token) if token else app
 
@@ -222,6 +231,100 @@ class BearerAuth:
         return False
 
 
+# Media types each write accepts (None: any path not listed). None of them is one a web page
+# can send cross-origin without a CORS preflight (text/plain, form encodings), which this
+# endpoint never answers.
+WRITE_MEDIA_TYPES: dict[str | None, frozenset[str]] = {
+    None: frozenset({"application/json"}),
+    # The body of an import is lines of a friends file: CSV or JSON lines.
+    "/v1/friendships/import": frozenset({"text/csv", "application/x-ndjson"}),
+}
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Sec-Fetch-Site values of requests a page on another site cannot have made.
+_OWN_FETCH_SITES = frozenset({b"same-origin", b"none"})
+
+
+class BrowserGuard:
+    """Refuses what a web page could make a browser send to this endpoint.
+
+    The tokenless loopback default trusts every local process, so a page open in a local
+    browser must not count as one: it can send "simple" cross-origin requests (a `text/plain`
+    POST) without asking first (CSRF), and with DNS rebinding it can even read answers, under
+    its own host name. So:
+
+    - on a loopback bind, the `Host` header must name loopback (`localhost`, 127.0.0.0/8,
+      `[::1]`), which a rebound name never does;
+    - a request a browser marks as coming from elsewhere (an `Origin` other than this
+      endpoint's own, or `Sec-Fetch-Site` other than `same-origin` / `none`) is refused;
+    - a write (any method but GET and HEAD) with a body must declare a media type of
+      WRITE_MEDIA_TYPES, and a POST always must.
+
+    Refusals are JSON errors (403, or 415 for the media type), logged and counted in
+    `refused` (presenced_admin_requests_refused_total{reason}).
+    """
+
+    def __init__(self, app: ASGIApp, *, loopback_hosts_only: bool,
+                 refused: dict[str, int]) -> None:
+        self.app = app
+        self.loopback_hosts_only = loopback_hosts_only
+        self.refused = refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                status, reason, message = refusal
+                self.refused[reason] = self.refused.get(reason, 0) + 1
+                log.warning("refused admin request %s %s: %s", scope["method"], scope["path"],
+                            message)
+                await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        """(status, metric reason, message) if the request must be refused, else None."""
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.loopback_hosts_only and not _names_loopback(host):
+            return (403, "host", f"Host {host[:100]!r} is not a loopback name: call this "
+                                 "endpoint as localhost, 127.0.0.1 or [::1]")
+        origin = headers.get(b"origin")
+        if origin is not None and origin.decode("latin-1") != f"http://{host}":
+            return (403, "origin", "cross-origin requests are refused")
+        site = headers.get(b"sec-fetch-site")
+        if site is not None and site.lower() not in _OWN_FETCH_SITES:
+            return (403, "origin", "cross-site requests are refused")
+        method = scope["method"]
+        if method in _SAFE_METHODS:
+            return None
+        content_type = headers.get(b"content-type")
+        if content_type is None:
+            has_body = (headers.get(b"content-length", b"0") not in (b"0", b"")
+                        or b"transfer-encoding" in headers)
+            if method != "POST" and not has_body:
+                return None
+            media = ""
+        else:
+            media = content_type.decode("latin-1").partition(";")[0].strip().lower()
+        accepted = WRITE_MEDIA_TYPES.get(scope["path"], WRITE_MEDIA_TYPES[None])
+        if media not in accepted:
+            return (415, "content-type",
+                    f"{method} {scope['path']} needs Content-Type "
+                    f"{' or '.join(sorted(accepted))}, not {media or 'none'}")
+        return None
+
+
+def _names_loopback(host: str) -> bool:
+    """Whether a Host header value (a name or address, maybe with a port) is loopback."""
+    if host.startswith("["):
+        name = host[: host.find("]") + 1]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return bool(name) and is_loopback(name)
+
+
 def _json(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
@@ -256,6 +359,9 @@ class _Api:
         self.hub = hub
         self.registry = build_registry(hub)
         self.audit = AuditTrail(hub.config.admin_token is not None)
+        self._import_lock = trio.Lock()
+        # One import parse step at a time: each holds the GIL while it runs.
+        self._parse_limiter = trio.CapacityLimiter(1)
 
     # ------------------------------------------------------------- probes
 
@@ -402,20 +508,18 @@ class _Api:
     async def import_friendships(self, request: Request) -> Response:
         self._refuse_edits_of_an_external_graph()
         first_line = _int_param(request, "first_line", 1, minimum=1)
-        text = _utf8(await _read_body(request, MAX_IMPORT_BYTES))
-        # Universal newlines, as when the daemon reads --friends, so line
-        # numbers agree with any editor's.
-        lines = io.StringIO(text, newline=None).readlines()
-        pairs, errors = parse_friendships(lines, first_line=first_line)
-        if errors:
+        # One import at a time: each holds its friendships until applied.
+        async with self._import_lock:
+            parsed = await _parse_import(request, self._parse_limiter, first_line)
+        if parsed.errors:
             listed = [{"line": e.line + first_line - 1, "message": e.message}
-                      for e in errors[:MAX_LISTED_ERRORS]]
+                      for e in parsed.errors]
             raise ApiError(
-                400, f"{len(errors)} malformed line{'s' if len(errors) != 1 else ''}; "
-                     "nothing was imported",
-                errors=listed, error_count=len(errors),
+                400, f"{parsed.error_count} malformed line"
+                     f"{'s' if parsed.error_count != 1 else ''}; nothing was imported",
+                errors=listed, error_count=parsed.error_count,
             )
-        unique = list(dict.fromkeys(pairs))
+        unique = list(parsed.pairs)
         added = 0
         for start in range(0, len(unique), IMPORT_CHUNK):
             try:
@@ -428,11 +532,11 @@ class _Api:
             await trio.lowlevel.checkpoint()
         self.audit.record(request, "friendship-import",
                           f"{len(unique)} friendships from lines {first_line}-"
-                          f"{first_line + len(lines) - 1}", changed=added)
+                          f"{first_line + parsed.lines - 1}", changed=added)
         return _json({
-            "lines": len(lines),
+            "lines": parsed.lines,
             "friendships": len(unique),
-            "duplicates": len(pairs) - len(unique),
+            "duplicates": parsed.paired_lines - len(unique),
             "added": added,
             "existing": len(unique) - added,
         })
@@ -579,6 +683,91 @@ def _synthetic_user(item: object) -> tuple[str, Position]:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (x, y)):
         raise ValueError("x and y must be integers")
     return normalize_address(address), Position(realm, x, y)
+
+
+class ImportParser:
+    """The lines of an import body, fed in pieces of any size; no I/O (runs in a thread).
+
+    Lines end at `\n`, `\r\n` or `\r`, as when the daemon reads --friends, even where a
+    piece ends between `\r` and `\n`, so line numbers agree with any editor's. Keeps the
+    distinct friendships in order, and the first MAX_LISTED_ERRORS errors with their count.
+    A body that starts a file (`first_line` 1) may begin with a byte-order mark and a header
+    line, as a spreadsheet writes them.
+    """
+
+    def __init__(self, first_line: int = 1) -> None:
+        self._at_start = first_line == 1
+        self._decoder = io.IncrementalNewlineDecoder(
+            codecs.getincrementaldecoder("utf-8")(), translate=True)
+        self._partial = ""
+        self._bytes = 0
+        self.lines = 0
+        self.paired_lines = 0
+        self.pairs: dict[Friendship, None] = {}
+        self.errors: list[LineError] = []
+        self.error_count = 0
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        """Parse the complete lines in `data` (all of them if `final`); raises ApiError."""
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as e:
+            raise ApiError(400, f"body is not UTF-8 (byte {self._bytes + e.start})") from None
+        self._bytes += len(data)
+        lines = (self._partial + text).split("\n")
+        self._partial = "" if final else lines.pop()
+        if final and lines and lines[-1] == "":
+            lines.pop()  # the body ended with a line break
+        number = self.lines
+        pairs = self.pairs
+        for line in lines:
+            number += 1
+            if self._at_start:
+                if number == 1:
+                    line = line.removeprefix(BOM)
+                stripped = line.strip()
+                if stripped and not stripped.startswith("#"):
+                    self._at_start = False
+                    if is_header(stripped):
+                        continue
+            try:
+                pair = parse_friendship_line(line)
+            except ValueError as e:
+                self.error_count += 1
+                if len(self.errors) < MAX_LISTED_ERRORS:
+                    self.errors.append(LineError(number, str(e)))
+                continue
+            if pair is not None:
+                self.paired_lines += 1
+                pairs[pair] = None
+        self.lines = number
+
+
+async def _parse_import(
+    request: Request, limiter: trio.CapacityLimiter, first_line: int
+) -> ImportParser:
+    """Read and parse an import body in steps of IMPORT_STEP_BYTES, each in a worker thread."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise ApiError(413, f"request body larger than {MAX_IMPORT_BYTES} bytes")
+    parser = ImportParser(first_line)
+    pending: list[bytes] = []
+    pending_bytes = size = 0
+    # Closed explicitly: leaving it early (413) must not leave it to the garbage collector.
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_IMPORT_BYTES:
+                raise ApiError(413, f"request body larger than {MAX_IMPORT_BYTES} bytes")
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= IMPORT_STEP_BYTES:
+                data = b"".join(pending)
+                pending.clear()
+                pending_bytes = 0
+                await trio.to_thread.run_sync(parser.feed, data, limiter=limiter)
+    await trio.to_thread.run_sync(parser.feed, b"".join(pending), True, limiter=limiter)
+    return parser
 
 
 def _int_param(request: Request, name: str, default: int, *, minimum: int) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
@@ -35,9 +35,9 @@ from presenced.server.hub import Hub
 from presenced.server.readiness import starting_reason
 from presenced.services import SERVED_MODULES
 from presenced.services.base import Module
-from presenced.store.base import Store
+from presenced.store.base import Block, Friendship, Store, StoreUnavailable
 from presenced.store.blocks_file import read_blocks_file
-from presenced.store.friends_file import read_friendships_file
+from presenced.store.friends_file import FriendsFile, FriendsFileError
 from presenced.store.memory import MemoryStore
 
 log = logging.getLogger("presenced.server")
@@ -45,6 +45,8 @@ log = logging.getLogger("presenced.server")
 # Seconds the open connections get to close cleanly on shutdown.
 SHUTDOWN_GRACE_S = 10.0
 LISTEN_BACKLOG = 4096
+# Seconds between attempts to load the friends file while the store is away.
+FRIENDS_RETRY_S = 1.0
 
 
 class ConfigError(Exception):
@@ -69,40 +71,70 @@ def check_config(config: ServerConfig) -> None:
 
 def build_store(config: ServerConfig) -> Store:
     if config.redis_url:
-        from presenced.store.redis import RedisStore
+        from presenced.store.redis_store import RedisStore
 
         try:
             # Parses the URL; no connection is made until the store runs.
             return RedisStore(config.redis_url, config.redis_store_config())
         except ValueError as e:
             raise ConfigError(f"--redis-url {redact_url(config.redis_url)!r}: {e}") from None
-    store = MemoryStore()
-    if config.friends_file:
-        try:
-            pairs, errors = read_friendships_file(config.friends_file)
-        except OSError as e:
-            raise ConfigError(f"cannot read friends file: {e}") from None
-        if errors:
-            shown = "; ".join(str(e) for e in errors[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            raise ConfigError(f"{config.friends_file}: {shown}{more}")
-        added = store.load_friendships(pairs)
-        log.info("loaded %d friendships from %s", added, config.friends_file)
-    if config.blocks_file:
-        _load_blocks_file(store, config.blocks_file)
-    return store
+    return MemoryStore()
 
 
-def _load_blocks_file(store: MemoryStore, path: str) -> None:
+def read_friends_file(config: ServerConfig) -> tuple[FriendsFile, list[Friendship]] | None:
+    """The `--friends` file as a friends source and its pairs; a malformed
+    file is a ConfigError, found before anything starts."""
+    if not config.friends_file:
+        return None
+    source = FriendsFile(config.friends_file, config.blocks_file)
     try:
-        blocks, errors = read_blocks_file(path)
-    except OSError as e:
+        return source, source.read()
+    except FriendsFileError as e:
+        raise ConfigError(str(e)) from None
+
+
+async def load_friends_file(store: Store, source: FriendsFile, pairs: list[Friendship]) -> None:
+    """Load the file into the store (idempotent: a shared store keeps what
+    other instances loaded), retrying while the store is away."""
+    while True:
+        try:
+            added = await store.load_friendships(pairs)
+        except StoreUnavailable as e:
+            log.warning("cannot load the %s yet (%s); retrying", source.name, e)
+            await trio.sleep(FRIENDS_RETRY_S)
+            continue
+        log.info("loaded %d friendships from %s (%d new to the store)",
+                 len(pairs), source.path, added)
+        return
+
+
+def read_blocks(config: ServerConfig) -> list[Block] | None:
+    """The `--blocks` file's blocks; a malformed file is a ConfigError, found
+    before anything starts."""
+    if not config.blocks_file:
+        return None
+    try:
+        blocks, errors = read_blocks_file(config.blocks_file)
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read blocks file: {e}") from None
     if errors:
         shown = "; ".join(str(e) for e in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise ConfigError(f"{path}: {shown}{more}")
-    log.info("loaded %d blocks from %s", store.load_blocks(blocks), path)
+        raise ConfigError(f"{config.blocks_file}: {shown}{more}")
+    return blocks
+
+
+async def load_blocks(store: Store, path: str, blocks: list[Block]) -> None:
+    """Load the blocks file into the store (idempotent), retrying while it is away."""
+    while True:
+        try:
+            added = await store.load_blocks(blocks)
+        except StoreUnavailable as e:
+            log.warning("cannot load the blocks file %s yet (%s); retrying", path, e)
+            await trio.sleep(FRIENDS_RETRY_S)
+            continue
+        log.info("loaded %d blocks from %s (%d new to the store)", len(blocks), path, added)
+        return
 
 
 async def bind_sockets(host: str, port: int, reuse_port: bool) -> list[trio.socket.SocketType]:
@@ -160,7 +192,24 @@ async def serve(
     the state loaded at start-up out of the garbage collector's passes.
     """
     check_config(config)
+    friends = read_friends_file(config)
+    blocks = read_blocks(config)
     hub = Hub(config, store or build_store(config), modules)
+    loaded: Callable[[], Awaitable[None]] | None = None
+    if friends is not None or blocks is not None:
+        if friends is not None:
+            # The store rebuilds friendships from the file if it ever loses them.
+            hub.store.set_friends_source(friends[0])
+
+        async def loaded() -> None:
+            nonlocal friends, blocks
+            if friends is not None:
+                await load_friends_file(hub.store, *friends)
+                friends = None
+            if blocks is not None:
+                assert config.blocks_file is not None
+                await load_blocks(hub.store, config.blocks_file, blocks)
+                blocks = None
     try:
         async with trio.open_nursery() as root:
             ws_sockets, admin_sock = await _bind(config, reuse_port)
@@ -170,7 +219,7 @@ async def serve(
             await root.start(admin.serve_admin, hub, admin_sock, shutdown.wait)
             _log_start(hub, ws_sockets)
             try:
-                started = await _start_hub(root, hub, shutdown)
+                started = await _start_hub(root, hub, shutdown, loaded)
             except BaseException:
                 # StartupFailed: nobody will listen on them.
                 for sock in ws_sockets:
@@ -206,8 +255,12 @@ async def _bind(
     return ws_sockets, admin_sock
 
 
-async def _start_hub(root: trio.Nursery, hub: Hub, shutdown: trio.Event) -> bool:
-    """Start the hub (it loads the store); False if `shutdown` came first.
+async def _start_hub(
+    root: trio.Nursery, hub: Hub, shutdown: trio.Event,
+    loaded: Callable[[], Awaitable[None]] | None = None,
+) -> bool:
+    """Start the hub (it loads the store), then run `loaded` (the friends file
+    goes into the store); False if `shutdown` came first.
 
     Raises StartupFailed after `--startup-timeout` seconds (0: no limit).
     """
@@ -226,6 +279,8 @@ async def _start_hub(root: trio.Nursery, hub: Hub, shutdown: trio.Event) -> bool
                 except* SourceUnavailable as group:
                     # The friends database (or its events) unreachable at start.
                     raise StartupFailed(str(leaf_exceptions(group)[0])) from None
+                if loaded is not None:
+                    await loaded()
             watch.cancel_scope.cancel()
         if deadline.cancelled_caught:
             config = hub.config

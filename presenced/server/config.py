@@ -65,10 +65,13 @@ class ServerConfig:
     redis_url: str | None = None
     redis_pool_size: int = 16
     redis_socket_timeout_s: float = 5.0
-    # Presence writes are batched into one pipeline this often. A change
-    # waits half of it on average before other instances hear of it, so
-    # 50 ms keeps cross-instance p99 well under 100 ms (docs/redis.md).
+    # Presence writes are batched into pipelines. A change other instances
+    # must hear of goes out as soon as the previous flush is
+    # `redis_flush_min_gap_s` old (no timer to wait for while Redis is idle;
+    # batches under load); refresh-only writes wait at most
+    # `redis_flush_interval_s` (docs/redis.md).
     redis_flush_interval_s: float = 0.05
+    redis_flush_min_gap_s: float = 0.01
     # Full comparison with Redis this often, to repair anything missed.
     redis_resync_interval_s: float = 30.0
     # Processes sharing the listening port (SO_REUSEPORT); >1 needs Redis.
@@ -95,6 +98,7 @@ class ServerConfig:
             pool_size=self.redis_pool_size,
             socket_timeout_s=self.redis_socket_timeout_s,
             flush_interval_s=self.redis_flush_interval_s,
+            flush_min_gap_s=self.redis_flush_min_gap_s,
             resync_interval_s=self.redis_resync_interval_s,
         )
 

@@ -42,7 +42,6 @@ from presenced.store.base import (
     Store,
     StoreEvent,
 )
-from presenced.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from presenced.model import Position
@@ -103,6 +102,9 @@ class Hub:
         self._log_limit = RateLimit(60.0)
         source = config.friends_source_config()
         self.friends_db = FriendsDatabase(source) if source is not None else None
+        if self.friends_db is not None:
+            # A store that loses friendships (Redis restarted empty) reloads them from it.
+            store.set_friends_source(self.friends_db)
         self.status_publisher: StatusPublisher | None = None
         if config.publish_social_status and config.social_events_url:
             self.status_publisher = StatusPublisher(config.social_events_url)
@@ -271,16 +273,10 @@ class Hub:
 
     async def load_friendships(self, pairs: Iterable[Friendship]) -> None:
         """Bulk load at start (no connection yet, so no events to apply)."""
-        if isinstance(self.store, MemoryStore):
-            self.store.load_friendships(pairs)
-        else:
-            await self.add_friendships(pairs)
+        await self.store.load_friendships(pairs)
 
     async def load_blocks(self, pairs: Iterable[Block]) -> None:
-        if isinstance(self.store, MemoryStore):
-            self.store.load_blocks(pairs)
-        else:
-            await self.add_blocks(pairs)
+        await self.store.load_blocks(pairs)
 
     def apply_graph_events(self, events: Iterable[GraphEvent]) -> None:
         """Effective friendships to the engine, blocks to whoever listens."""

@@ -32,4 +32,6 @@ class Metrics:
         self.handler_errors = 0
         # Background tasks (ticker, sweeper, keepalive) that failed and were restarted.
         self.task_failures: Counter[str] = Counter()
+        # Admin requests refused as coming from a browser: "host", "origin", "content-type".
+        self.admin_refused: Counter[str] = Counter()
         self.notify_latency = Histogram()

@@ -21,42 +21,11 @@ from prometheus_client.utils import floatToGoString
 
 from presenced import __version__
 from presenced.server.runtime import GC_PAUSES
+from presenced.store.base import Store, StoreStats
 
 if TYPE_CHECKING:
     from presenced.graph.source import FriendsDatabase
     from presenced.server.hub import Hub
-
-# Attributes a store may expose (RedisStore does, see its docstring), read
-# with getattr so that a store without them simply has no such metrics.
-# Counters may be an int or a mapping of label -> int; latencies a
-# metrics.Histogram (seconds).
-# (attribute, metric, help, label for a mapping)
-STORE_COUNTERS = (
-    ("redis_errors", "presenced_redis_errors", "Redis calls that failed, by kind.", "kind"),
-    ("outages", "presenced_redis_outages", "Times the store went from healthy to unhealthy.",
-     ""),
-    ("flushes", "presenced_redis_flushes", "Batches of presence changes written to Redis.", ""),
-    ("writes_flushed", "presenced_redis_writes_flushed",
-     "Presence changes written to Redis (in batches).", ""),
-    ("messages_received", "presenced_redis_messages_received",
-     "Change messages received from other instances.", ""),
-    ("events_received", "presenced_redis_events_received",
-     "Changes received from other instances.", ""),
-    ("resync_reasons", "presenced_redis_resyncs",
-     "Full resynchronisations with Redis, by reason.", "reason"),
-    ("audits", "presenced_redis_audits", "Periodic change-feed audits that came back clean.",
-     ""),
-)
-STORE_GAUGES = (
-    ("pending_writes", "presenced_redis_pending_writes",
-     "Presence changes waiting for the next flush (grows while Redis is away)."),
-    ("last_resync_seconds", "presenced_redis_last_resync_seconds",
-     "Duration of the last full resynchronisation."),
-)
-STORE_HISTOGRAMS = (
-    ("flush_latency", "presenced_redis_flush_latency_seconds",
-     "Time to write one batch of presence changes to Redis."),
-)
 
 # Causes under which a connection counts as a slow client.
 SLOW_CLIENT_CAUSES = ("slow-consumer",)
@@ -112,6 +81,10 @@ class HubCollector:
         yield _labelled_counter("presenced_background_task_failures",
                                 "Background tasks that failed and were restarted, by task.",
                                 "task", m.task_failures)
+        yield _labelled_counter("presenced_admin_requests_refused",
+                                "Admin requests refused as a browser's (foreign Host or "
+                                "Origin, or a write's media type), by reason.",
+                                "reason", m.admin_refused)
 
         heartbeats = CounterMetricFamily("presenced_heartbeats",
                                          "Position heartbeats by result and reason.",
@@ -186,21 +159,38 @@ class HubCollector:
                            "(more than 100,000 waiting).", publisher.dropped)
             yield _gauge("presenced_social_status_pending",
                          "Transitions waiting to be published.", publisher.pending)
+        yield from _store_metrics(store.stats)
 
-        for attr, name, doc, label in STORE_COUNTERS:
-            value = getattr(store, attr, None)
-            if isinstance(value, Mapping):
-                yield _labelled_counter(name, doc, label or "kind", value)
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                yield _counter(name, doc, value)
-        for attr, name, doc in STORE_GAUGES:
-            value = getattr(store, attr, None)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                yield _gauge(name, doc, value)
-        for attr, name, doc in STORE_HISTOGRAMS:
-            value = getattr(store, attr, None)
-            if value is not None and hasattr(value, "cumulative"):
-                yield _histogram(name, doc, value)
+
+def _store_metrics(stats: StoreStats) -> Iterator[Metric]:
+    """The shared store's counters; the embedded store has none to show."""
+    if not stats.shared:
+        return
+    yield _labelled_counter("presenced_redis_errors", "Redis calls that failed, by kind.",
+                            "kind", stats.errors)
+    yield _counter("presenced_redis_outages", "Times the store went from healthy to unhealthy.",
+                   stats.outages)
+    yield _counter("presenced_redis_flushes", "Batches of presence changes written to Redis.",
+                   stats.flushes)
+    yield _counter("presenced_redis_writes_flushed",
+                   "Presence changes written to Redis (in batches).", stats.writes_flushed)
+    yield _counter("presenced_redis_messages_received",
+                   "Change messages received from other instances.", stats.messages_received)
+    yield _counter("presenced_redis_events_received",
+                   "Changes received from other instances.", stats.events_received)
+    yield _labelled_counter("presenced_redis_resyncs",
+                            "Full resynchronisations with Redis, by reason.", "reason",
+                            stats.resyncs)
+    yield _counter("presenced_redis_audits", "Periodic change-feed audits that came back clean.",
+                   stats.audits)
+    yield _gauge("presenced_redis_pending_writes",
+                 "Presence changes waiting for the next flush (grows while Redis is away).",
+                 stats.pending_writes)
+    yield _gauge("presenced_redis_last_resync_seconds",
+                 "Duration of the last full resynchronisation.", stats.last_resync_seconds)
+    yield _histogram("presenced_redis_flush_latency_seconds",
+                     "Time to write one batch of presence changes to Redis.",
+                     stats.flush_latency)
 
 
 def _friends_db_metrics(source: FriendsDatabase) -> Iterator[Metric]:
@@ -260,8 +250,8 @@ def build_registry(hub: Hub) -> CollectorRegistry:
     return registry
 
 
-def _store_healthy(store: Any) -> bool:
-    return bool(getattr(store, "healthy", True))
+def _store_healthy(store: Store) -> bool:
+    return store.healthy
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

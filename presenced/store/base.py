@@ -10,12 +10,14 @@ changes to its engine directly, so nothing it does comes back to it twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import trio
 
+from presenced.histogram import Histogram
 from presenced.model import Presence, PresenceOp
 
 
@@ -119,6 +121,63 @@ class StoreUnavailable(Exception):
     """The shared store cannot be reached; the operation was not applied."""
 
 
+@dataclass(slots=True)
+class StoreStats:
+    """A store's counters, read by the metrics layer (from the trio thread).
+
+    `shared`: the store is shared with other instances through Redis; only
+    such a store has the `presenced_redis_*` metrics, the embedded store's
+    counters stay at zero.
+    """
+
+    shared: bool = False
+    # Failed calls to the shared store, by kind (`flush`, `listener` (the
+    # change feed dropped), `resync`, `read`, `claim`, `friends`, `audit`;
+    # `internal` counts bugs caught so that they cannot stop the daemon).
+    errors: Counter[str] = field(default_factory=Counter)
+    # Times the store went from healthy to unhealthy.
+    outages: int = 0
+    # Batches of presence changes written, and the changes in them.
+    flushes: int = 0
+    writes_flushed: int = 0
+    # Seconds per batch written.
+    flush_latency: Histogram = field(default_factory=Histogram)
+    # Change messages received from other instances, and the changes in them.
+    messages_received: int = 0
+    events_received: int = 0
+    # Full resynchronisations by reason (`start`, `feed-reconnected`,
+    # `recovered`, `epoch`, `gap`, `audit`, `error`, `requested`), and how
+    # long the last one took (read and decode).
+    resyncs: Counter[str] = field(default_factory=Counter)
+    last_resync_seconds: float = 0.0
+    # Periodic change-feed audits that came back clean.
+    audits: int = 0
+    # Changes waiting for the next flush (grows while the store is away).
+    pending_writes: int = 0
+
+
+class FriendsSource(Protocol):
+    """Where friendships (and blocks) come from (the `--friends` file, PostgreSQL).
+
+    A store that may lose friendships (a Redis restarted without persistence)
+    rebuilds them from its registered source; see `Store.set_friends_source`.
+    """
+
+    @property
+    def name(self) -> str:
+        """What to call the source in logs, e.g. "friends file /etc/friends.csv"."""
+        ...
+
+    def batches(self) -> AsyncIterator[Sequence[Friendship]]:
+        """Every friendship of the source, in batches of a few thousand pairs."""
+        ...
+
+    def block_batches(self) -> AsyncIterator[Sequence[Block]]:
+        """Every block of the source (blocker, blocked), in batches; none for a
+        source of friendships only."""
+        ...
+
+
 class Store(Protocol):
     instance_id: str
     # If set, called (on the trio thread) once per transition of a user
@@ -129,6 +188,11 @@ class Store(Protocol):
     @property
     def healthy(self) -> bool:
         """False while the store cannot be reached (the instance is degraded)."""
+        ...
+
+    @property
+    def stats(self) -> StoreStats:
+        """The store's counters, current as of the call."""
         ...
 
     async def run(
@@ -170,6 +234,25 @@ class Store(Protocol):
         ...
 
     async def blocks_of(self, address: str) -> BlockLists: ...
+
+    async def load_blocks(self, pairs: Iterable[Block]) -> int:
+        """Add blocks in bulk, idempotently, like `load_friendships`; returns how many were new."""
+        ...
+
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
+        """Add friendships in bulk, idempotently; returns how many were new.
+
+        For loading a friends source before this instance takes connections:
+        other instances hear of the new pairs as of any change, this one's
+        engine is not told (it has no sessions yet, and a big load would cost
+        it seconds for nothing).
+        """
+        ...
+
+    def set_friends_source(self, source: FriendsSource | None) -> None:
+        """Register where friendships come from. A store that can lose them
+        (Redis restarted empty) reloads the source when it notices."""
+        ...
 
     async def get_presence(self, address: str) -> Presence | None:
         """The user's shared presence if online anywhere, else None."""

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+import trio
 
 from presenced.model import normalize_address
 from presenced.store.base import Friendship, ordered_pair
 
+# Pairs per batch handed to a store by `FriendsFile.batches`.
+SOURCE_BATCH = 20_000
 BOM = "\ufeff"
 # Two column names, as a spreadsheet writes them (never an address: those
 # start with a digit).
@@ -102,6 +106,57 @@ def parse_friendships(
 def read_friendships_file(path: str) -> tuple[list[Friendship], list[LineError]]:
     with open(path, encoding="utf-8", newline=None) as f:
         return parse_friendships(f)
+
+
+class FriendsFileError(Exception):
+    """The friends file cannot be read or has malformed lines (one line of text)."""
+
+
+class FriendsFile:
+    """A friends file as a store's friends source (`serve --friends`).
+
+    `read` parses the whole file, refusing it if any line is malformed; a
+    store rebuilding its friendships reads it again through `batches` (and
+    the `--blocks` file, if any, through `block_batches`).
+    """
+
+    def __init__(self, path: str, blocks_path: str | None = None) -> None:
+        self.path = path
+        self.blocks_path = blocks_path
+
+    @property
+    def name(self) -> str:
+        return f"friends file {self.path}"
+
+    def read(self) -> list[Friendship]:
+        """Every pair in the file; raises FriendsFileError."""
+        try:
+            pairs, errors = read_friendships_file(self.path)
+        except OSError as e:
+            raise FriendsFileError(f"cannot read friends file: {e}") from None
+        except UnicodeDecodeError as e:
+            raise FriendsFileError(f"{self.path}: not UTF-8 text ({e.reason})") from None
+        if errors:
+            shown = "; ".join(str(e) for e in errors[:5])
+            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+            raise FriendsFileError(f"{self.path}: {shown}{more}")
+        return pairs
+
+    async def batches(self) -> AsyncIterator[Sequence[Friendship]]:
+        pairs = await trio.to_thread.run_sync(self.read)
+        for start in range(0, len(pairs), SOURCE_BATCH):
+            yield pairs[start : start + SOURCE_BATCH]
+
+    async def block_batches(self) -> AsyncIterator[Sequence[Friendship]]:
+        if self.blocks_path is None:
+            return
+        from presenced.store.blocks_file import read_blocks_file
+
+        blocks, errors = await trio.to_thread.run_sync(read_blocks_file, self.blocks_path)
+        if errors:
+            raise FriendsFileError(f"{self.blocks_path}: {errors[0]}")
+        for start in range(0, len(blocks), SOURCE_BATCH):
+            yield blocks[start : start + SOURCE_BATCH]
 
 
 def iter_csv(pairs: Iterable[Friendship]) -> Iterator[str]:

@@ -22,8 +22,10 @@ from presenced.store.base import (
     EventSink,
     Friendship,
     FriendshipChanged,
+    FriendsSource,
     GraphChanges,
     StatusSink,
+    StoreStats,
     ordered_pair,
 )
 
@@ -31,6 +33,7 @@ from presenced.store.base import (
 class MemoryStore:
     def __init__(self, instance_id: str | None = None) -> None:
         self.instance_id = instance_id or secrets.token_hex(6)
+        self.stats = StoreStats()
         # Stored friendships, blocked or not; friends_of filters out blocks.
         self._friends: dict[str, set[str]] = {}
         # blocker -> whom they block, and blocked -> who blocks them.
@@ -65,7 +68,7 @@ class MemoryStore:
 
     # ------------------------------------------------------------- friendships
 
-    def load_friendships(self, pairs: Iterable[Friendship]) -> int:
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
         """Bulk load at start-up (a file, the friends database); returns how many were new.
 
         No events: nobody is connected yet. Consumes `pairs` as it goes, so a
@@ -88,13 +91,17 @@ class MemoryStore:
                 added += 1
         return added
 
-    def load_blocks(self, pairs: Iterable[Block]) -> int:
+    async def load_blocks(self, pairs: Iterable[Block]) -> int:
         """Bulk load of blocks (blocker, blocked) at start-up; returns how many were new."""
         added = 0
         for blocker, blocked in pairs:
             if blocker != blocked and self._set_block(blocker, blocked, True):
                 added += 1
         return added
+
+    def set_friends_source(self, source: FriendsSource | None) -> None:
+        # Friendships live as long as the process: nothing to rebuild them for.
+        pass
 
     async def friends_of(self, address: str) -> frozenset[str]:
         friends = self._friends.get(address)

@@ -23,7 +23,15 @@ class RedisStoreConfig:
     # Connections to Redis, and the timeout on each call.
     pool_size: int = 16
     socket_timeout_s: float = 5.0
-    # Presence writes are batched into one pipeline this often.
+    # Presence writes are batched into pipelines. A change other instances must hear of (online,
+    # moved, offline) is written as soon as the previous flush is `flush_min_gap_s` old, so it
+    # waits for no timer while Redis is idle and batches with others under load; writes that
+    # only refresh a user wait at most `flush_interval_s`.
     flush_interval_s: float = 0.05
+    flush_min_gap_s: float = 0.01
     # Full comparison with Redis this often, to repair anything missed.
     resync_interval_s: float = 30.0
+    # Reconnect backoff (seconds) for calls and for the change feed: from the
+    # minimum, doubling up to the maximum.
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 2.0

@@ -4,6 +4,12 @@ Design and key layout: docs/redis.md. In short, each instance keeps its own
 users in memory (the engine), writes them to Redis in batches, and follows
 a single change channel that carries every instance's changes, one binary
 message per flush. Redis is never on the path of a heartbeat response.
+
+This module only does I/O: worker threads, pipelines and scripts, the
+listener thread (`redis_bridge`). What to make of what it hears is decided
+by pure parts it feeds: the change feed's state (`redis_feed.FeedTracker`),
+the cached friend sets (`friend_cache.FriendCache`) and the store's health
+(`redis_health.HealthMachine`).
 """
 
 from __future__ import annotations
@@ -11,9 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from sys import intern
 from typing import Any, TypeVar
 
@@ -23,28 +27,29 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from presenced.histogram import Histogram
 from presenced.model import Presence, PresenceLeave, PresenceOp, PresenceWrite
 from presenced.store.base import (
+    Block,
+    BlockChanged,
+    BlockLists,
     EventSink,
     Expired,
     Friendship,
     FriendshipChanged,
+    FriendsSource,
     GraphChanges,
-    Resync,
+    StatusSink,
     StoreEvent,
+    StoreStats,
     StoreUnavailable,
     ordered_pair,
 )
+from presenced.store.friend_cache import FriendCache
 from presenced.store.redis_bridge import Listener
-from presenced.store.redis_codec import (
-    Message,
-    decode_presence,
-    encode_presence,
-    entry,
-    header,
-)
+from presenced.store.redis_codec import Message, decode_presence, encode_presence, entry, header
 from presenced.store.redis_config import RedisStoreConfig
+from presenced.store.redis_feed import AuditStep, FeedTracker, Records, Snapshot
+from presenced.store.redis_health import Health, HealthMachine, persistence_problem
 from presenced.store.redis_scripts import SCRIPTS, Keys, Script
 
 log = logging.getLogger("presenced.store.redis")
@@ -60,13 +65,13 @@ REDIS_ERRORS = (redis.RedisError, OSError)
 # unpacks two values per op into one command, and Lua's limit is 8000.
 OPS_PER_SCRIPT = 1000
 PAIRS_PER_SCRIPT = 1000
+# Friendships per pipeline of a bulk load (20 script calls): one call to
+# Redis stays well within the socket timeout.
+PAIRS_PER_LOAD = 20 * PAIRS_PER_SCRIPT
 # Users one claim call may look at; the claim loops while there are more.
 CLAIM_LIMIT = 2000
-# Friend sets kept in memory; beyond it the oldest are dropped (a dropped
-# entry is simply fetched again).
-FRIENDS_CACHE_MAX = 200_000
-
-Records = list[tuple[Presence, frozenset[str]]]
+# Seconds between attempts to rebuild friendships from a failing source.
+SOURCE_RETRY_MAX_S = 60.0
 
 
 def _new_epoch() -> str:
@@ -76,54 +81,12 @@ def _new_epoch() -> str:
     return secrets.token_hex(6)
 
 
-@dataclass(slots=True)
-class _Fence:
-    token: str
-    # Filled in when the audit's MULTI returns, which may be after the fence
-    # itself came back through the feed.
-    seqs: dict[str, int] | None = None
-    epoch: str | None = None
-    # What we had applied when the fence came back, if before the reply.
-    applied: dict[str, int] | None = None
-
-
-@dataclass(slots=True)
-class _Snapshot:
-    records: Records
-    seqs: dict[str, int]
-    epoch: str
-    friends: dict[str, set[str]]
-
-
 class RedisStore:
     """The shared store (see the module docstring and docs/redis.md).
 
-    Health and counters, as plain attributes for the readiness check and the
-    metrics layer (read them from the trio thread):
-
-    - `healthy`: False until the first complete load, and from any Redis
-      failure (a failed call, the change feed lost) until Redis answers again
-      and the store has resynchronised.
-    - `redis_errors`: failed Redis calls by kind (`flush`, `listener` (the
-      change feed dropped), `resync`, `read`, `claim`, `friends`, `audit`;
-      `internal` counts bugs caught so they cannot stop the daemon).
-    - `outages`: times the store went from healthy to unhealthy.
-    - `flushes`, `writes_flushed`: batches written and presence ops in them.
-    - `flush_latency`: a `Histogram` of seconds per flush (one pipeline).
-    - `messages_received`, `events_received`: change messages from other
-      instances and the events they carried.
-    - `resyncs`, `resync_reasons`: full resynchronisations, and why (`start`,
-      `feed-reconnected`, `recovered`, `epoch`, `gap`, `audit`, `error`).
-    - `last_resync_seconds`: how long the last one took (read and decode).
-    - `audits`: periodic feed audits that came back clean (a failed one
-      triggers a resync).
-    - `pending_writes`: ops waiting for the next flush (grows while Redis is
-      away; at most one per user).
+    `health` (a `Health`) and `healthy` are for the readiness check, `stats`
+    (a `StoreStats`) for the metrics layer; read them from the trio thread.
     """
-
-    # Reconnect backoff (seconds), for both the writer and the listener.
-    backoff_min_s = 0.05
-    backoff_max_s = 2.0
 
     def __init__(
         self,
@@ -133,7 +96,7 @@ class RedisStore:
         instance_id: str | None = None,
         prefix: str = "{presenced}",
     ) -> None:
-        config = config or RedisStoreConfig()
+        config = self.config = config or RedisStoreConfig()
         self.instance_id = instance_id or secrets.token_hex(6)
         self.url = url
         self.keys = Keys(prefix)
@@ -141,6 +104,10 @@ class RedisStore:
         self._grace_ms = config.offline_grace_ms
         self._timeout = config.socket_timeout_s
         self._flush_interval = config.flush_interval_s
+        self._flush_min_gap = config.flush_min_gap_s
+        # Set by `write` when a change others must hear of waits: the flusher then writes
+        # without waiting for its interval (see RedisStoreConfig.flush_min_gap_s).
+        self._change_waiting = trio.Event()
         self._audit_interval = config.resync_interval_s
         # An instance that has not written for this long (by Redis's clock)
         # no longer counts as an owner; it beacons four times as often.
@@ -174,11 +141,26 @@ class RedisStore:
         self._sub_redis = redis.Redis(connection_pool=self._sub_pool)
         self._limiter = trio.CapacityLimiter(config.pool_size)
 
+        self._stats = StoreStats(shared=True)
+        self._friends = FriendCache()
+        self._feed = FeedTracker(self.instance_id, self._friends, self._stats)
+        self._health = HealthMachine(self._safe_url(), self._stats,
+                                     backoff_min_s=config.backoff_min_s,
+                                     backoff_max_s=config.backoff_max_s)
+        self._source: FriendsSource | None = None
+        # Told of the online/offline transitions this instance's flushes and
+        # claims cause (each happens in exactly one script run cluster-wide).
+        self.on_status: StatusSink | None = None
+
         self._sink: EventSink | None = None
         self._listener: Listener | None = None
-        self._closed = False
+        # Lifecycle of the I/O: loaded (the hub may take connections), closed.
         self._started = False
+        self._closed = False
         self._synced = trio.Event()
+        # Set to run the resync loop / the rebuild from the friends source.
+        self._wake = trio.Event()
+        self._rebuild = trio.Event()
 
         # Writes waiting for the next flush, one per user, and everything this
         # instance vouches for (to put back into a Redis that lost it).
@@ -186,104 +168,40 @@ class RedisStore:
         self._own: dict[str, Presence] = {}
         self._flush_lock = trio.Lock()
 
-        # Friend sets of our users, kept current by the change feed.
-        self._friends: dict[str, set[str]] = {}
-        # Friendship changes applied while fetches are in flight, so that a
-        # fetch can add what happened after Redis answered it.
-        self._fetching = 0
-        self._friend_log: list[FriendshipChanged] = []
-
-        # Change feed: last sequence number applied per origin instance, and
-        # the Redis epoch they belong to.
-        self._seqs: dict[str, int] = {}
-        self._epoch: str | None = None
-        self._subscribed = False
-        self._generation = 0
-        self._buffering = False
-        self._buffer: list[Message] = []
-        self._resync_reason: str | None = None
-        self._resync_kind = ""
-        self._wake = trio.Event()
-        # The audit in flight.
-        self._fence: _Fence | None = None
-        # Our own recent expiry messages: (seq, users), see _expired_here.
-        self._expiries: deque[tuple[int, list[str]]] = deque(maxlen=256)
-
-        # Health.
-        self._io_ok = True
-        self._recovering = True
-        self._io_delay = 0.0
-        self._was_healthy = False
-        self._outage_reason: str | None = None
-        self._outage_since: float | None = None
-
-        # Counters (see the class docstring).
-        self.redis_errors: Counter[str] = Counter()
-        self.outages = 0
-        self.flushes = 0
-        self.writes_flushed = 0
-        self.flush_latency = Histogram()
-        self.messages_received = 0
-        self.events_received = 0
-        self.resyncs = 0
-        self.resync_reasons: Counter[str] = Counter()
-        self.last_resync_seconds = 0.0
-        self.audits = 0
-
     # ------------------------------------------------------------------ health
 
     @property
-    def healthy(self) -> bool:
-        return (self._started and self._io_ok and self._subscribed
-                and not self._recovering and not self._closed)
+    def health(self) -> Health:
+        return self._health.state
 
     @property
-    def pending_writes(self) -> int:
-        return len(self._batch)
+    def healthy(self) -> bool:
+        return self._health.state is Health.HEALTHY
 
-    def _note_health(self) -> None:
-        """Log transitions, once per outage."""
-        healthy = self.healthy
-        if healthy == self._was_healthy:
-            return
-        self._was_healthy = healthy
-        if healthy:
-            if self._outage_since is not None:
-                log.info("Redis available again after %.1f s; resynchronised",
-                     time.monotonic() - self._outage_since)
-            self._outage_since = None
-            self._outage_reason = None
-        elif not self._closed:
-            self.outages += 1
-            self._outage_since = time.monotonic()
-            log.warning("Redis unavailable (%s): serving from memory, retrying",
-                        self._outage_reason or "unknown")
+    @property
+    def stats(self) -> StoreStats:
+        self._stats.pending_writes = len(self._batch)
+        return self._stats
 
     def _failed(self, kind: str, exc: BaseException | str) -> None:
         """A Redis call failed (or, for `listener`, the change feed dropped)."""
-        self.redis_errors[kind] += 1
+        self._stats.errors[kind] += 1
         detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         reason = f"{kind}: {detail}"
-        if self._outage_reason is None:
-            self._outage_reason = reason
-        if not self._started and not self.redis_errors.total() > 1:
-            log.warning("cannot reach Redis at %s (%s); retrying", self._safe_url(), reason)
-        if kind != "listener":
-            # The feed dropping says nothing about other connections; calls
-            # keep going (and a resync follows the new subscription).
-            self._io_ok = False
-            self._io_delay = min(self.backoff_max_s,
-                                 max(self.backoff_min_s, self._io_delay * 2))
-        self._recovering = True
-        self._note_health()
+        if kind == "listener":
+            self._health.feed_lost(reason)
+        else:
+            self._health.call_failed(reason)
 
     def _succeeded(self) -> None:
-        if not self._io_ok:
-            self._io_ok = True
-            self._io_delay = 0.0
-            if self._recovering and self._started:
-                self._request_resync("Redis reachable again", "recovered")
-        self._note_health()
+        if self._health.call_succeeded():
+            self._feed.request_resync("Redis reachable again", "recovered")
+            self._wake.set()
+
+    def _script_replied(self, epoch: str, seq: int = 0) -> None:
+        self._feed.script_replied(epoch, seq)
+        if self._feed.resync is not None:
+            self._wake.set()
 
     def _safe_url(self) -> str:
         # Never log a password.
@@ -296,11 +214,12 @@ class RedisStore:
         self, sink: EventSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._sink = sink
+        config = self.config
         self._listener = Listener(
             self._sub_redis, self.keys.channel, self.instance_id,
             trio.lowlevel.current_trio_token(),
             on_batch=self._on_batch, on_subscribed=self._on_subscribed, on_lost=self._on_lost,
-            backoff_min_s=self.backoff_min_s, backoff_max_s=self.backoff_max_s,
+            backoff_min_s=config.backoff_min_s, backoff_max_s=config.backoff_max_s,
         )
         self._listener.start()
         try:
@@ -310,9 +229,11 @@ class RedisStore:
                 # Subscribed, then a full picture: only then may the hub take
                 # connections (it opens its listener after `started`).
                 await self._synced.wait()
+                await self._check_persistence()
                 self._started = True
+                self._health.started()
                 nursery.start_soon(self._auditor)
-                self._note_health()
+                nursery.start_soon(self._rebuilder)
                 task_status.started()
         finally:
             self._listener.stop()
@@ -325,13 +246,15 @@ class RedisStore:
         """
         if self._closed:
             return
+        leave = leave and self._started and self._health.calls_ok
         self._closed = True
+        self._health.closed()
         listener = self._listener
         if listener is not None:
             listener.stop()
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self._timeout):
-                if leave and self._started and self._io_ok:
+                if leave:
                     try:
                         await self._flush_now(beacon=False)
                         n = await self._io(self._retire_sync)
@@ -349,6 +272,11 @@ class RedisStore:
         self._pool.disconnect()
         self._sub_pool.disconnect()
 
+    @property
+    def listening(self) -> bool:
+        """The listener thread is alive (it ends within a poll after aclose)."""
+        return self._listener is not None and self._listener.alive
+
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         # Redis calls run in threads of their own limiter (the default one is
         # shared with everything else). Abandoning on cancel is safe: every
@@ -356,6 +284,39 @@ class RedisStore:
         return await trio.to_thread.run_sync(
             fn, *args, limiter=self._limiter, abandon_on_cancel=True
         )
+
+    async def _check_persistence(self) -> None:
+        """Warn when this Redis keeps nothing on disk (friendships live here)."""
+        try:
+            save, appendonly = await self._io(self._persistence_sync)
+        except redis.ResponseError as e:
+            # CONFIG is often disabled or renamed on managed Redis.
+            log.info("cannot tell whether Redis keeps its data on disk (CONFIG GET: %s)", e)
+            return
+        except REDIS_ERRORS as e:
+            log.debug("cannot tell whether Redis keeps its data on disk: %s", e)
+            return
+        source = self._source.name if self._source is not None else None
+        problem = persistence_problem(save, appendonly, source)
+        if problem is not None:
+            log.warning("%s (Redis at %s)", problem, self._safe_url())
+
+    def _persistence_sync(self) -> tuple[str | None, str | None]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.execute_command("CONFIG", "GET", "save")
+        pipe.execute_command("CONFIG", "GET", "appendonly")
+
+        def value(reply: Any) -> str | None:
+            # [name, value], or a dict from redis-py's CONFIG GET parser.
+            if isinstance(reply, dict):
+                reply = [x for kv in reply.items() for x in kv]
+            if not reply or len(reply) < 2:
+                return None
+            v = reply[1]
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        save, appendonly = pipe.execute()
+        return value(save), value(appendonly)
 
     # ----------------------------------------------------------------- writes
 
@@ -372,12 +333,17 @@ class RedisStore:
                 # other instances must still hear about an earlier change.
                 if prev is not None and (isinstance(prev, PresenceLeave) or prev.changed):
                     op = PresenceWrite(op.presence, True)
+                batch[address] = op
+                return
             batch[address] = op
         else:
             address = op.address
             self._own.pop(address, None)
-            self._friends.pop(address, None)
+            self._friends.drop(address)
             batch[address] = op
+        change_waiting = self._change_waiting
+        if not change_waiting.is_set():
+            change_waiting.set()
 
     def _requeue(self, ops: dict[str, PresenceOp]) -> None:
         """Put back a batch that failed, under anything written since."""
@@ -402,14 +368,15 @@ class RedisStore:
             self._batch = {}
             started = time.perf_counter()
             try:
-                epoch, orphaned = await self._io(self._flush_sync, list(ops.values()))
+                epoch, orphaned, seq, online, offline = await self._io(
+                    self._flush_sync, list(ops.values()))
             except REDIS_ERRORS as e:
                 self._requeue(ops)
                 self._failed("flush", e)
                 raise StoreUnavailable(f"Redis unavailable: {e}") from e
             except Exception as e:
                 # A bug, not Redis: retrying the same batch would fail forever.
-                self.redis_errors["internal"] += 1
+                self._stats.errors["internal"] += 1
                 log.exception("dropping a batch of %d presence writes", len(ops))
                 raise StoreUnavailable(f"internal error: {e}") from e
             except BaseException:
@@ -417,21 +384,26 @@ class RedisStore:
                 self._requeue(ops)
                 raise
             if ops:
-                self.flushes += 1
-                self.writes_flushed += len(ops)
-                self.flush_latency.observe(time.perf_counter() - started)
+                stats = self._stats
+                stats.flushes += 1
+                stats.writes_flushed += len(ops)
+                stats.flush_latency.observe(time.perf_counter() - started)
             self._succeeded()
-            self._check_epoch(epoch)
+            self._script_replied(epoch, seq)
             if orphaned:
                 # We made these users offline cluster-wide and removed entries
                 # of dead instances that our own engine may still count as
                 # owners: tell it, as other instances are told by the 'G'.
-                self._expired_here(orphaned)
+                self._feed.expired_here(orphaned)
                 self._emit([Expired(a) for _, addresses in orphaned for a in addresses])
+            self._report_status(online, True)
+            self._report_status(offline, False)
 
-    def _flush_sync(self, ops: list[PresenceOp]) -> tuple[str, list[tuple[int, list[str]]]]:
+    def _flush_sync(
+        self, ops: list[PresenceOp]
+    ) -> tuple[str, list[tuple[int, list[str]]], int, list[str], list[str]]:
         base: list[Any] = [self.keys.prefix, self.instance_id, _new_epoch(),
-                           self.dead_after_ms]
+                           self.dead_after_ms, b"1" if self.on_status is not None else b"0"]
         calls: list[list[Any]] = []
         args = list(base)
         for op in ops:
@@ -448,35 +420,75 @@ class RedisStore:
             calls.append(args)
         results = self._eval_many(SCRIPTS["flush"], calls)
         orphaned = [(int(r[2]), [a.decode() for a in r[1]]) for r in results if r[1]]
-        return results[-1][0].decode(), orphaned
+        seq = max(int(r[2]) for r in results)
+        online = [a.decode() for r in results for a in r[3]]
+        offline = [a.decode() for r in results for a in r[4]]
+        return results[-1][0].decode(), orphaned, seq, online, offline
+
+    def _report_status(self, addresses: list[str], online: bool) -> None:
+        on_status = self.on_status
+        if on_status is None:
+            return
+        for address in addresses:
+            try:
+                on_status(address, online)
+            except Exception:
+                log.exception("reporting a presence transition failed")
 
     def _eval_many(self, script: Script, calls: list[list[Any]]) -> list[Any]:
-        """Run `script` once per argument list, in one pipeline."""
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for args in calls:
-                # One declared key, so that anything routing by key (a cluster
-                # proxy) sends the script to the slot all our keys share.
-                pipe.execute_command("EVALSHA", script.sha, 1, self.keys.seen, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                # A new or restarted Redis: load every script, then once more.
-                if attempt == 2:
-                    raise
-                for s in SCRIPTS.values():
-                    self._redis.script_load(s.source)
-        raise AssertionError("unreachable")
+        """Run `script` once per argument list, in one pipeline.
+
+        A new or restarted Redis has no scripts: the calls it refused (NOSCRIPT)
+        run again once every script is loaded, and only those. Others of the
+        same pipeline may have run, because another connection can load the
+        scripts between two of its commands; running them twice would publish
+        their changes twice and hide what they changed.
+        """
+        results = self._pipeline(script, calls)
+        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if refused:
+            for s in SCRIPTS.values():
+                self._redis.script_load(s.source)
+            again = self._pipeline(script, [calls[i] for i in refused])
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _pipeline(self, script: Script, calls: list[list[Any]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for args in calls:
+            # One declared key, so that anything routing by key (a cluster
+            # proxy) sends the script to the slot all our keys share.
+            pipe.execute_command("EVALSHA", script.sha, 1, self.keys.seen, *args)
+        return pipe.execute(raise_on_error=False)
 
     async def _flusher(self) -> None:
+        health = self._health
         next_beacon = 0.0
+        last_flush = -float("inf")
         while not self._closed:
-            await trio.sleep(self._flush_interval if self._io_ok else self._io_delay)
+            if health.calls_ok:
+                # A change is written at once, or `flush_min_gap` after the previous flush
+                # (changes arriving meanwhile join it); refreshes wait for the interval.
+                # The beacon is due however long the interval: an instance silent for
+                # `dead_after_ms` no longer counts as alive.
+                wait = min(self._flush_interval, next_beacon - trio.current_time())
+                with trio.move_on_after(max(0.0, wait)):
+                    await self._change_waiting.wait()
+                gap = last_flush + self._flush_min_gap - trio.current_time()
+                if gap > 0:
+                    await trio.sleep(gap)
+            else:
+                await trio.sleep(health.retry_delay)
             if self._closed:
                 # aclose() writes what is left.
                 return
-            now = trio.current_time()
-            beacon = now >= next_beacon or not self._io_ok
+            self._change_waiting = trio.Event()
+            now = last_flush = trio.current_time()
+            beacon = now >= next_beacon or not health.calls_ok
             if not self._batch and not beacon:
                 continue
             try:
@@ -508,172 +520,112 @@ class RedisStore:
             log.exception("applying %d store events failed", len(events))
 
     def _on_subscribed(self) -> None:
-        self._generation += 1
-        self._subscribed = True
-        self._fence = None
-        # Anything buffered came through the old connection and is covered
-        # by the snapshot we are about to read.
-        self._buffer = []
-        first = self._epoch is None
-        if first:
-            self._request_resync("start", "start")
-        else:
-            self._request_resync("change feed reconnected", "feed-reconnected")
+        self._feed.feed_subscribed()
+        self._health.feed_subscribed()
+        self._wake.set()
 
     def _on_lost(self, reason: str) -> None:
-        self._subscribed = False
-        self._fence = None
+        self._feed.feed_lost()
         self._failed("listener", reason)
 
     def _on_batch(self, messages: list[Message]) -> None:
         if self._closed:
             return
-        self.messages_received += len(messages)
+        self._stats.messages_received += len(messages)
+        feed = self._feed
         try:
-            self._process(messages)
+            events = feed.receive(messages)
         except Exception:
             log.exception("processing %d change messages failed", len(messages))
-            self._request_resync("internal error while applying changes", "error")
-
-    def _process(self, messages: Iterable[Message], replay: bool = False) -> None:
-        """Apply change messages in order, checking each origin's sequence.
-
-        `replay`: messages held during a resync; those the snapshot already
-        contains (numbers up to the snapshot's) are expected, not suspicious.
-        """
-        events: list[StoreEvent] = []
-        for msg in messages:
-            if msg.fence is not None:
-                self._check_fence(msg.fence)
-                continue
-            if self._buffering:
-                self._buffer.append(msg)
-                continue
-            if msg.epoch != self._epoch:
-                self._request_resync("a change from a new Redis epoch", "epoch")
-                self._buffer.append(msg)
-                continue
-            expected = self._seqs.get(msg.origin, 0) + 1
-            if msg.seq == 1 and expected > 1 and not replay:
-                # The origin's counter started again (its entry was dropped by
-                # the garbage collection of silent instances while it lived).
-                self._request_resync(f"sequence of {msg.origin} restarted", "gap")
-                self._buffer.append(msg)
-                continue
-            if msg.seq < expected:
-                # Already in the snapshot we loaded. Friendship changes are
-                # idempotent, and replaying them closes the gap a fetch racing
-                # with the snapshot could leave; presence would only flicker.
-                for ev in msg.events:
-                    if isinstance(ev, FriendshipChanged):
-                        self._apply_friendship(ev)
-                        events.append(ev)
-                continue
-            if msg.seq > expected:
-                self._request_resync(
-                    f"missed {msg.seq - expected} change message(s) from {msg.origin}", "gap")
-                self._buffer.append(msg)
-                continue
-            self._seqs[msg.origin] = msg.seq
-            for ev in msg.events:
-                if isinstance(ev, FriendshipChanged):
-                    self._apply_friendship(ev)
-            events.extend(msg.events)
-        self.events_received += len(events)
+            feed.request_resync("internal error while applying changes", "error")
+            self._wake.set()
+            return
+        if feed.resync is not None:
+            self._wake.set()
         self._emit(events)
-
-    def _check_epoch(self, epoch: str) -> None:
-        if self._epoch is not None and epoch != self._epoch:
-            self._request_resync("Redis lost its data (new epoch)", "epoch")
 
     # ------------------------------------------------------------------ resync
 
-    def _request_resync(self, reason: str, kind: str) -> None:
-        """`reason` is for the log and the Resync event; `kind` for metrics."""
-        if self._resync_reason is None:
-            self._resync_reason = reason
-            self._resync_kind = kind
-        # From now on changes wait, so that none is applied before the
-        # snapshot that may already contain it.
-        self._buffering = True
+    def resync_now(self, reason: str = "requested") -> None:
+        """Compare everything with Redis again now (counted as `requested`)."""
+        self._feed.request_resync(reason, "requested")
         self._wake.set()
 
     async def _resync_loop(self) -> None:
+        feed = self._feed
         while True:
             while True:
                 self._wake = trio.Event()
-                if self._resync_reason is not None and self._subscribed and not self._closed:
+                if feed.resync_due and not self._closed:
                     break
                 await self._wake.wait()
             try:
-                await self._resync(self._resync_reason)
+                await self._resync()
             except StoreUnavailable:
-                await trio.sleep(self._io_delay or self.backoff_min_s)
+                await trio.sleep(self._health.retry_delay or self.config.backoff_min_s)
             except Exception:
                 # A bug must not end the store (and with it the daemon): say
                 # so, and try again later.
-                self.redis_errors["internal"] += 1
+                self._stats.errors["internal"] += 1
                 log.exception("resynchronising with Redis failed")
-                await trio.sleep(self.backoff_max_s)
+                await trio.sleep(self.config.backoff_max_s)
 
-    async def _resync(self, reason: str) -> None:
-        generation = self._generation
+    async def _resync(self) -> None:
+        feed = self._feed
+        ticket = feed.begin_resync()
         started = time.perf_counter()
-        epoch_before = self._epoch
-        cached = list(self._friends)
-        mark = self._begin_fetch()
+        lost: str | None = None
+        mark = self._friends.begin_fetch()
         try:
-            snap = await self._read_snapshot(cached)
-            if epoch_before is not None and snap.epoch != epoch_before:
-                # Redis lost everything (restarted without persistence). Put
-                # back what we vouch for at once, and give the other instances
-                # time to do the same, so that the picture we load next is
-                # whole and nobody's friends see them flicker offline.
-                log.warning("Redis lost its data (epoch %s -> %s): rewriting %d users",
-                            epoch_before, snap.epoch, len(self._own))
-                await self._rewrite_own()
-                await trio.sleep(self.backoff_max_s + 3 * self._flush_interval + 0.5)
-                snap = await self._read_snapshot(cached)
+            snap = await self._read_snapshot(ticket.cached)
+            lost = feed.data_lost(ticket, snap)
+            if lost is not None:
+                snap = await self._recover_lost_data(lost, ticket.cached)
         finally:
-            logged = self._end_fetch(mark)
-        if generation != self._generation or not self._subscribed:
+            logged = self._friends.end_fetch(mark)
+        events = feed.finish_resync(ticket, snap, logged, data_lost=lost is not None)
+        if events is None:
             # The feed dropped meanwhile; it will ask again once back.
             return
-        events: list[StoreEvent] = [Resync(tuple(snap.records), reason)]
-        if epoch_before is None or snap.epoch == epoch_before:
-            events += self._refresh_friends(snap.friends, logged)
-            # Users we expired after the snapshot was read are in it still.
-            mine = snap.seqs.get(self.instance_id, 0)
-            events += [Expired(a) for seq, addresses in self._expiries if seq > mine
-                       for a in addresses]
-        else:
-            self._expiries.clear()
-            # Friendships are not rebuilt from memory (see docs/redis.md):
-            # keep what connected users have, and say so loudly.
-            log.error("Redis lost its data: friendships must be reloaded from their "
-                      "source; connected users keep the friends they had")
-        self._epoch = snap.epoch
-        self._seqs = dict(snap.seqs)
-        self._resync_reason = None
-        self._buffering = False
-        buffered, self._buffer = self._buffer, []
-        self.resyncs += 1
-        self.resync_reasons[self._resync_kind] += 1
-        self.last_resync_seconds = time.perf_counter() - started
+        self._stats.last_resync_seconds = time.perf_counter() - started
         self._emit(events)
-        self._process(buffered, replay=True)
-        if self._resync_reason is None and self._io_ok:
-            self._recovering = False
+        self._health.resynced(clean=feed.resync is None)
+        if feed.resync is not None:
+            self._wake.set()
+        reason = ticket.request.reason
         if not self._synced.is_set():
             self._synced.set()
             log.info("loaded from Redis at %s: %d users online, instance %s",
                      self._safe_url(), len(snap.records), self.instance_id)
-        elif reason not in ("start",):
+        elif reason != "start":
             log.info("resynchronised with Redis (%s) in %.3f s: %d users online",
-                     reason, self.last_resync_seconds, len(snap.records))
-        self._note_health()
+                     reason, self._stats.last_resync_seconds, len(snap.records))
 
-    async def _read_snapshot(self, friends_of: list[str]) -> _Snapshot:
+    async def _recover_lost_data(self, lost: str, cached: list[str]) -> Snapshot:
+        """Redis lost data: put back what we know, then read it all again.
+
+        Every instance does the same when it notices: each re-writes the users
+        it vouches for and the friendships it has in memory (a missing friend
+        set means unknown, not empty), so that the picture loaded next is
+        whole and nobody's friends see them go offline or unfriended. The
+        friends source, if any, is reloaded in the background.
+        """
+        log.warning("Redis lost its data (%s): putting back %d users and the friendships "
+                    "of %d users in memory", lost, len(self._own), len(self._friends))
+        await self._rewrite_own()
+        reseeded = await self._add_in_bulk("friends", self._friends.pairs(), announce=False)
+        if reseeded:
+            log.info("put back %d friendships Redis had lost", reseeded)
+        if self._source is not None:
+            self._rebuild.set()
+        else:
+            log.warning("no friends source registered: friendships that no instance had in "
+                        "memory are lost (see docs/redis.md)")
+        # Give the other instances time to do the same.
+        await trio.sleep(self.config.backoff_max_s + 3 * self._flush_interval + 0.5)
+        return await self._read_snapshot(cached)
+
+    async def _read_snapshot(self, friends_of: list[str]) -> Snapshot:
         try:
             snap = await self._io(self._read_snapshot_sync, friends_of)
         except REDIS_ERRORS as e:
@@ -682,7 +634,7 @@ class RedisStore:
         self._succeeded()
         return snap
 
-    def _read_snapshot_sync(self, friends_of: list[str]) -> _Snapshot:
+    def _read_snapshot_sync(self, friends_of: list[str]) -> Snapshot:
         r = self._redis
         k = self.keys
         pipe = r.pipeline(transaction=False)
@@ -703,7 +655,7 @@ class RedisStore:
             tx.hgetall(k.seq)
             tx.get(k.epoch)
             for address in friends_of:
-                tx.smembers(k.friends(address))
+                tx.sdiff(k.friends(address), k.blocking(address), k.blocked_by(address))
             res = tx.execute()
             if res[0] == members:
                 break
@@ -729,7 +681,7 @@ class RedisStore:
             address: {intern(f.decode()) for f in fset}
             for address, fset in zip(friends_of, res[i + 3 :], strict=True)
         }
-        return _Snapshot(
+        return Snapshot(
             records,
             {o.decode(): int(s) for o, s in seqs.items()},
             epoch.decode() if epoch else _new_epoch(),
@@ -744,212 +696,155 @@ class RedisStore:
             await self._run_audit()
 
     async def _run_audit(self) -> None:
-        """Check, cheaply, that no change message was missed.
-
-        This is the periodic resync's fast path: it costs one MULTI and one
-        message whatever the number of users, and a full resync follows only
-        if it finds something wrong. It reads every instance's last sequence
-        number and, in the same MULTI, publishes a fence to ourselves;
-        messages are delivered in publish order, so when the fence comes back
-        every message counted must have arrived. A fence that never comes
-        back means the feed went silent: reconnect it (and so resync).
-        """
-        if not (self._subscribed and self._io_ok) or self._buffering or self._closed:
+        """Check, cheaply, that no change message was missed (the periodic
+        resync's fast path: one MULTI and one message whatever the number of
+        users; see FeedTracker.audit)."""
+        if not self._health.calls_ok or self._closed:
             return
-        if self._fence is not None:
+        token = secrets.token_hex(6)
+        step = self._feed.audit(token)
+        if step is AuditStep.SKIP:
+            return
+        if step is AuditStep.RECONNECT:
             log.warning("change feed silent (audit fence lost): reconnecting")
-            self._fence = None
             if self._listener is not None:
                 self._listener.reconnect()
             return
-        fence = self._fence = _Fence(secrets.token_hex(6))
         try:
-            fence.seqs, fence.epoch = await self._io(self._audit_sync, fence.token)
+            seqs, epoch = await self._io(self._audit_sync, token)
         except REDIS_ERRORS as e:
-            self._fence = None
+            self._feed.audit_failed(token)
             self._failed("audit", e)
             return
         self._succeeded()
-        if fence.applied is not None and self._fence is fence:
-            self._judge_fence(fence, fence.applied)
+        self._feed.audit_replied(token, seqs, epoch)
+        if self._feed.resync is not None:
+            self._wake.set()
 
     def _audit_sync(self, token: str) -> tuple[dict[str, int], str]:
         k = self.keys
         tx = self._redis.pipeline(transaction=True)
         tx.hgetall(k.seq)
         tx.get(k.epoch)
-        tx.publish(k.channel, header(self.instance_id, self._epoch or "-", 0)
+        tx.publish(k.channel, header(self.instance_id, self._feed.epoch or "-", 0)
                    + entry(b"Z", token))
         seqs, epoch, _ = tx.execute()
         return ({o.decode(): int(s) for o, s in seqs.items()},
                 epoch.decode() if epoch else "")
 
-    def _check_fence(self, token: str) -> None:
-        fence = self._fence
-        if fence is None or fence.token != token:
-            # A fence published before a reconnect: the ordering it vouched
-            # for no longer holds.
-            return
-        if self._buffering:
-            self._fence = None
-            return
-        if fence.seqs is None:
-            # Back before the MULTI's reply: judge when that arrives, against
-            # what we had applied at this point.
-            fence.applied = dict(self._seqs)
-            return
-        self._judge_fence(fence, self._seqs)
-
-    def _judge_fence(self, fence: _Fence, applied: dict[str, int]) -> None:
-        """Messages are delivered in publish order, and the fence was published
-        in the same MULTI that read the counters: by the fence, we must have
-        applied exactly up to each origin's counter. Less is a lost message;
-        more means a counter started again."""
-        self._fence = None
-        if self._buffering or fence.seqs is None:
-            return
-        if fence.epoch != self._epoch:
-            self._request_resync("audit: Redis epoch changed", "audit")
-            return
-        me = self.instance_id
-        for origin, seq in fence.seqs.items():
-            if origin != me and applied.get(origin, 0) != seq:
-                self._request_resync(f"audit: missed change messages from {origin}", "audit")
-                return
-        self.audits += 1
-
     # ------------------------------------------------------------- friendships
 
-    def _begin_fetch(self) -> int:
-        self._fetching += 1
-        return len(self._friend_log)
-
-    def _end_fetch(self, mark: int) -> list[FriendshipChanged]:
-        logged = self._friend_log[mark:]
-        self._fetching -= 1
-        if not self._fetching:
-            self._friend_log = []
-        return logged
-
-    def _apply_friendship(self, ev: FriendshipChanged) -> None:
-        friends = self._friends
-        fa = friends.get(ev.a)
-        fb = friends.get(ev.b)
-        if ev.added:
-            if fa is not None:
-                fa.add(ev.b)
-            if fb is not None:
-                fb.add(ev.a)
-        else:
-            if fa is not None:
-                fa.discard(ev.b)
-            if fb is not None:
-                fb.discard(ev.a)
-        if self._fetching:
-            self._friend_log.append(ev)
-
-    @staticmethod
-    def _replay(address: str, friends: set[str], logged: list[FriendshipChanged]) -> None:
-        for ev in logged:
-            if ev.a == address:
-                other = ev.b
-            elif ev.b == address:
-                other = ev.a
-            else:
-                continue
-            if ev.added:
-                friends.add(other)
-            else:
-                friends.discard(other)
-
-    def _cache_friends(self, address: str, friends: set[str]) -> None:
-        cache = self._friends
-        cache[address] = friends
-        if len(cache) > FRIENDS_CACHE_MAX:
-            # Oldest first; a dropped entry is only fetched again.
-            for old in list(cache)[: len(cache) - FRIENDS_CACHE_MAX]:
-                del cache[old]
-
-    def _refresh_friends(
-        self, fresh: dict[str, set[str]], logged: list[FriendshipChanged]
-    ) -> list[StoreEvent]:
-        """Replace cached friend sets with `fresh`; the differences as events."""
-        events: list[StoreEvent] = []
-        seen: set[tuple[str, str, bool]] = set()
-        for address, friends in fresh.items():
-            self._replay(address, friends, logged)
-            old = self._friends.get(address)
-            if old is None:
-                continue
-            for f in friends - old:
-                a, b = ordered_pair(address, f)
-                if (a, b, True) not in seen:
-                    seen.add((a, b, True))
-                    events.append(FriendshipChanged(a, b, True))
-            for f in old - friends:
-                a, b = ordered_pair(address, f)
-                if (a, b, False) not in seen:
-                    seen.add((a, b, False))
-                    events.append(FriendshipChanged(a, b, False))
-            self._friends[address] = friends
-        return events
-
     async def friends_of(self, address: str) -> frozenset[str]:
-        cached = self._friends.get(address)
+        cache = self._friends
+        cached = cache.get(address)
         if cached is not None:
             return frozenset(cached)
-        if not self._io_ok:
+        if not self._health.calls_ok:
             raise StoreUnavailable("Redis unavailable")
-        mark = self._begin_fetch()
+        mark = cache.begin_fetch()
         try:
-            members = await self._io(self._redis.smembers, self.keys.friends(address))
+            members = await self._io(self._effective_friends_sync, address)
         except REDIS_ERRORS as e:
             self._failed("read", e)
             raise StoreUnavailable(f"Redis unavailable: {e}") from e
         finally:
-            logged = self._end_fetch(mark)
+            logged = cache.end_fetch(mark)
         self._succeeded()
         # Interned: every friend set then shares one string per address.
         friends = {intern(m.decode()) for m in members}
-        self._replay(address, friends, logged)
-        self._cache_friends(address, friends)
-        return frozenset(friends)
+        return frozenset(cache.store(address, friends, logged))
+
+    def _effective_friends_sync(self, address: str) -> set[bytes]:
+        k = self.keys
+        # Stored friendships less blocks either way, in one command.
+        return self._redis.sdiff(k.friends(address), k.blocking(address),
+                                 k.blocked_by(address))
 
     async def add_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
-        return await self._change_friendships(pairs, added=True)
+        return await self._change_pairs("friends", pairs, added=True)
 
     async def remove_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
-        return await self._change_friendships(pairs, added=False)
+        return await self._change_pairs("friends", pairs, added=False)
 
-    async def _change_friendships(
-        self, pairs: Iterable[Friendship], added: bool
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
+        return await self._add_in_bulk("friends", pairs, announce=False)
+
+    def set_friends_source(self, source: FriendsSource | None) -> None:
+        self._source = source
+
+    async def _add_in_bulk(
+        self, script: str, pairs: Iterable[tuple[str, str]], *, announce: bool
+    ) -> int:
+        """Add friendships or blocks a pipeline at a time; `announce`: tell our
+        own engine about what changed (a rebuild while sessions run; a
+        reseed's come from our memory, a start-up load's precede every
+        session)."""
+        added = 0
+        chunk: list[tuple[str, str]] = []
+        for pair in pairs:
+            chunk.append(pair)
+            if len(chunk) >= PAIRS_PER_LOAD:
+                changes = await self._change_pairs(script, chunk, True, announce=announce)
+                added += len(changes.changed)
+                chunk = []
+        if chunk:
+            changes = await self._change_pairs(script, chunk, True, announce=announce)
+            added += len(changes.changed)
+        return added
+
+    async def _change_pairs(
+        self, script: str, pairs: Iterable[tuple[str, str]], added: bool, *,
+        announce: bool = False,
     ) -> GraphChanges:
+        """Add or remove friendships (`script` "friends") or blocks ("blocks")."""
         todo = [(a, b) for a, b in pairs if a != b]
         if not todo:
             return GraphChanges()
+        what = "friendships" if script == "friends" else "blocks"
         # Refused rather than queued while Redis is away: a queued change could
         # silently conflict with one made elsewhere meanwhile, and the caller
         # (the admin API) can tell its client to retry (503).
-        if not self._io_ok:
-            raise StoreUnavailable("Redis unavailable: friendships not changed")
+        if not self._health.calls_ok:
+            raise StoreUnavailable(f"Redis unavailable: {what} not changed")
         try:
-            changed, epoch = await self._io(self._friends_sync, todo, added)
+            changed, effective, epoch, seq = await self._io(
+                self._pairs_sync, script, todo, added)
         except REDIS_ERRORS as e:
             self._failed("friends", e)
             raise StoreUnavailable(
-                f"Redis unavailable: friendships may not have been changed ({e})") from e
+                f"Redis unavailable: {what} may not have been changed ({e})") from e
         self._succeeded()
-        self._check_epoch(epoch)
+        self._script_replied(epoch, seq)
         result = GraphChanges()
+        flips = set(effective)
         for i in changed:
-            a, b = ordered_pair(*todo[i])
-            event = FriendshipChanged(a, b, added)
-            self._apply_friendship(event)
+            a, b = todo[i]
+            if script == "friends":
+                result.changed.append(ordered_pair(a, b))
+                if i in flips:
+                    result.events.append(FriendshipChanged(*ordered_pair(a, b), added))
+                continue
             result.changed.append((a, b))
-            result.events.append(event)
+            # The same order as the script publishes (and MemoryStore returns).
+            edge = FriendshipChanged(*ordered_pair(a, b), not added)
+            if added:
+                if i in flips:
+                    result.events.append(edge)
+                result.events.append(BlockChanged(a, b, True))
+            else:
+                result.events.append(BlockChanged(a, b, False))
+                if i in flips:
+                    result.events.append(edge)
+        for ev in result.events:
+            if isinstance(ev, FriendshipChanged):
+                self._friends.apply(ev)
+        if announce:
+            self._emit(result.events)
         return result
 
-    def _friends_sync(self, pairs: list[Friendship], added: bool) -> tuple[list[int], str]:
+    def _pairs_sync(
+        self, script: str, pairs: list[tuple[str, str]], added: bool
+    ) -> tuple[list[int], list[int], str, int]:
         base: list[Any] = [self.keys.prefix, self.instance_id, _new_epoch(),
                            "+" if added else "-"]
         calls = []
@@ -958,11 +853,91 @@ class RedisStore:
             for a, b in pairs[start : start + PAIRS_PER_SCRIPT]:
                 args += (a, b)
             calls.append(args)
-        results = self._eval_many(SCRIPTS["friends"], calls)
+        results = self._eval_many(SCRIPTS[script], calls)
         changed = [
             n * PAIRS_PER_SCRIPT + int(i) - 1 for n, r in enumerate(results) for i in r[1]
         ]
-        return changed, results[-1][0].decode()
+        effective = [
+            n * PAIRS_PER_SCRIPT + int(i) - 1 for n, r in enumerate(results) for i in r[3]
+        ]
+        seq = max(int(r[2]) for r in results)
+        return changed, effective, results[-1][0].decode(), seq
+
+    # ------------------------------------------------------------------ blocks
+
+    async def add_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        return await self._change_pairs("blocks", pairs, added=True)
+
+    async def remove_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        return await self._change_pairs("blocks", pairs, added=False)
+
+    async def load_blocks(self, pairs: Iterable[Block]) -> int:
+        return await self._add_in_bulk("blocks", pairs, announce=False)
+
+    async def block_status(self, a: str, b: str) -> tuple[bool, bool]:
+        k = self.keys
+
+        def read() -> tuple[bool, bool]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sismember(k.blocking(a), b)
+            pipe.sismember(k.blocking(b), a)
+            a_blocks, b_blocks = pipe.execute()
+            return bool(a_blocks), bool(b_blocks)
+
+        return await self._read(read)
+
+    async def blocks_of(self, address: str) -> BlockLists:
+        k = self.keys
+
+        def read() -> BlockLists:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.smembers(k.blocking(address))
+            pipe.smembers(k.blocked_by(address))
+            blocking, blocked_by = pipe.execute()
+            return BlockLists(frozenset(intern(m.decode()) for m in blocking),
+                              frozenset(intern(m.decode()) for m in blocked_by))
+
+        return await self._read(read)
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        if not self._health.calls_ok:
+            raise StoreUnavailable("Redis unavailable")
+        try:
+            result = await self._io(fn)
+        except REDIS_ERRORS as e:
+            self._failed("read", e)
+            raise StoreUnavailable(f"Redis unavailable: {e}") from e
+        self._succeeded()
+        return result
+
+    async def _rebuilder(self) -> None:
+        """Reload the friends source after Redis lost its data."""
+        while True:
+            await self._rebuild.wait()
+            self._rebuild = trio.Event()
+            delay = self.config.backoff_max_s
+            while self._source is not None and not self._rebuild.is_set():
+                source = self._source
+                try:
+                    added = 0
+                    # Blocks first: a friendship under a block must not show.
+                    async for blocks in source.block_batches():
+                        await self._add_in_bulk("blocks", blocks, announce=True)
+                    async for batch in source.batches():
+                        added += await self._add_in_bulk("friends", batch, announce=True)
+                except StoreUnavailable as e:
+                    log.debug("rebuilding friendships from the %s: %s", source.name, e)
+                    await trio.sleep(self._health.retry_delay or self.config.backoff_min_s)
+                    continue
+                except Exception as e:
+                    log.warning("cannot rebuild friendships from the %s (%s: %s); retrying "
+                                "in %.0f s", source.name, type(e).__name__, e, delay)
+                    await trio.sleep(delay)
+                    delay = min(SOURCE_RETRY_MAX_S, delay * 2)
+                    continue
+                log.info("rebuilt friendships from the %s after Redis lost its data: "
+                         "%d were missing", source.name, added)
+                break
 
     # ---------------------------------------------------------------- presence
 
@@ -981,45 +956,41 @@ class RedisStore:
         return (await self._read_snapshot([])).records
 
     async def claim_expired(self, now_ms: int, ttl_ms: int) -> list[str]:
-        if not self._io_ok:
+        if not self._health.calls_ok:
             raise StoreUnavailable("Redis unavailable")
-        if self._buffering:
+        if self._feed.buffering:
             # A resync is loading a snapshot: claims wait for the next sweep,
             # so that none lands between the snapshot and its application.
             return []
         # Our own refreshes first: never claim a user we just heard from.
         await self.flush()
         try:
-            claimed, epoch = await self._io(self._claim_sync, now_ms, ttl_ms)
+            claimed, epoch, seq = await self._io(self._claim_sync, now_ms, ttl_ms)
         except REDIS_ERRORS as e:
             self._failed("claim", e)
             raise StoreUnavailable(f"Redis unavailable: {e}") from e
         self._succeeded()
-        self._check_epoch(epoch)
-        self._expired_here(claimed)
-        return [a for _, addresses in claimed for a in addresses]
+        self._script_replied(epoch, seq)
+        self._feed.expired_here(claimed)
+        expired = [a for _, addresses in claimed for a in addresses]
+        self._report_status(expired, False)
+        return expired
 
     def _claim_sync(
         self, now_ms: int, ttl_ms: int
-    ) -> tuple[list[tuple[int, list[str]]], str]:
+    ) -> tuple[list[tuple[int, list[str]]], str, int]:
         margin = max(ttl_ms, self._hold_ms)
         args = [self.keys.prefix, self.instance_id, _new_epoch(), now_ms, ttl_ms,
                 margin, self.dead_after_ms, self.gc_after_ms, CLAIM_LIMIT]
         claimed: list[tuple[int, list[str]]] = []
+        last = 0
         while True:
             epoch, got, candidates, seq = self._eval_many(SCRIPTS["claim"], [args])[0]
+            last = max(last, int(seq))
             if got:
                 claimed.append((int(seq), [a.decode() for a in got]))
             if int(candidates) < CLAIM_LIMIT or not got:
-                return claimed, epoch.decode()
-
-    def _expired_here(self, published: list[tuple[int, list[str]]]) -> None:
-        """Remember users this instance took offline, by message number.
-
-        A resync whose snapshot was read before that message must not bring
-        them back: they are expired again right after it (see `_resync`).
-        """
-        self._expiries.extend(published)
+                return claimed, epoch.decode(), last
 
 
 __all__ = ["RedisStore"]

@@ -148,18 +148,23 @@ class InboundFrames:
             b1 = data[pos + 1]
             n = b1 & 0x7F
             head = 2
+            # RFC 6455 5.2: a length takes the fewest bytes that hold it; wsproto refuses a
+            # frame whose length does not (1002), so such frames are left to it.
+            minimal = True
             if n == 126:
                 if end - pos < 4:
                     self._held = data[pos:]
                     break
                 n = int.from_bytes(data[pos + 2 : pos + 4], "big")
                 head = 4
+                minimal = n >= 126
             elif n == 127:
                 if end - pos < 10:
                     self._held = data[pos:]
                     break
                 n = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 head = 10
+                minimal = 65536 <= n < 1 << 63
             masked = b1 & _MASKED
             if masked:
                 head += 4
@@ -170,6 +175,7 @@ class InboundFrames:
                 and not self._fragmented
                 and b0 & (_FIN | _RSV | _OPCODE) == _FIN_BINARY
                 and masked == mask_bit
+                and minimal
                 and n <= self.max_message_bytes
             )
             if fast:

@@ -13,6 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# Lines of a daemon's log printed when a test using it fails.
+LOG_TAIL_LINES = 60
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -160,9 +163,24 @@ class Daemon:
                 proc.wait()
         return proc.returncode
 
+    @property
+    def log_path(self) -> str:
+        return self._log.name
+
+    def close(self, failed: bool = False) -> None:
+        """Stop, and remove the log, unless the test `failed`: then the log is
+        kept and its path and last lines printed (pytest shows them with the
+        failure)."""
+        self.stop()
+        if not failed:
+            os.unlink(self._log.name)
+            return
+        tail = "\n".join(self.log().splitlines()[-LOG_TAIL_LINES:])
+        print(f"\n--- presenced serve {' '.join(self.args)}: log kept at {self._log.name}; "
+              f"last lines:\n{tail}\n---")
+
     def __enter__(self) -> Daemon:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        os.unlink(self._log.name)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=exc_type is not None)

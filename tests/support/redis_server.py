@@ -5,7 +5,7 @@ Tests must never touch a Redis they did not start (a developer's, or the one on
 
     server = RedisServer().start()
     server.kill()      # SIGKILL: like a crash, clients see connections drop
-    server.restart()   # same port, empty (nothing is saved)
+    server.restart()   # same port, empty (unless a SAVE left a dump.rdb)
     server.stop()
 """
 
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -25,12 +26,16 @@ from tests.support.daemon import free_port
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, binary: str = "redis-server") -> None:
+    """`extra_args` are more redis-server options (e.g. `--rename-command CONFIG ""`)."""
+
+    def __init__(self, port: int | None = None, binary: str = "redis-server",
+                 extra_args: Sequence[str] = ()) -> None:
         path = shutil.which(binary)
         if path is None:
             raise RuntimeError(f"{binary} not found on PATH")
         self.binary = path
         self.port = port or free_port()
+        self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix="presenced-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -53,6 +58,7 @@ class RedisServer:
                     "--dir", str(self.dir),
                     "--daemonize", "no",
                     "--loglevel", "warning",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -103,7 +109,7 @@ class RedisServer:
             self._wait()
 
     def restart(self) -> RedisServer:
-        """Start again on the same port, empty."""
+        """Start again on the same port: empty, or what the last SAVE wrote."""
         self.kill()
         return self.start()
 
