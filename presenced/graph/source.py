@@ -99,6 +99,8 @@ class SourceStats:
     applied: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # Changes decided but refused by the store (applied again later).
     apply_failures: int = 0
+    # Changes the store already had (another instance applied them first).
+    already: int = 0
     # The initial load: seconds, friendships and blocks.
     load_seconds: float = 0.0
     loaded_friendships: int = 0
@@ -411,13 +413,13 @@ class FriendsDatabase:
         try:
             if first.kind is Kind.FRIENDSHIP:
                 if first.active:
-                    await applier.add_friendships(pairs)
+                    done = await applier.add_friendships(pairs)
                 else:
-                    await applier.remove_friendships(pairs)
+                    done = await applier.remove_friendships(pairs)
             elif first.active:
-                await applier.add_blocks(pairs)
+                done = await applier.add_blocks(pairs)
             else:
-                await applier.remove_blocks(pairs)
+                done = await applier.remove_blocks(pairs)
         except Exception as e:
             # Verified and applied again by the next pass.
             self.stats.apply_failures += len(batch)
@@ -430,8 +432,14 @@ class FriendsDatabase:
                               len(batch), first.kind.value)
             return
         op = "add" if first.active else "remove"
+        # A shared store says what this call changed: with several instances
+        # applying the same change, only the first one does.
+        changed = set(done)
         for change in batch:
-            self.stats.applied[(change.origin, change.kind.value, op)] += 1
+            if change.pair in changed:
+                self.stats.applied[(change.origin, change.kind.value, op)] += 1
+            else:
+                self.stats.already += 1
 
 
 def _chunks(items: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:

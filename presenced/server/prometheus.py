@@ -217,6 +217,9 @@ def _friends_db_metrics(source: FriendsDatabase) -> Iterator[Metric]:
     for (origin, kind, op), n in sorted(stats.applied.items()):
         applied.add_metric([origin, kind, op], n)
     yield applied
+    yield _counter("presenced_friends_db_changes_already_applied",
+                   "Changes the store already had: another instance applied them first.",
+                   stats.already)
     yield _counter("presenced_friends_db_apply_failures",
                    "Changes the store refused (applied again by the next pass).",
                    stats.apply_failures)
