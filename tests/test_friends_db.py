@@ -181,10 +181,14 @@ async def test_events_reach_subscribers_and_the_pass_applies_nothing_twice(
                 publish(redis_server.url, FRIENDSHIP_CHANNEL,
                         friendship_event("delete", ALICE, BOB))
                 assert await next_update(updates) == (BOB.address, OFFLINE)
-                # The pass re-reads both rows (window, and verification): no change.
+                social_db.befriend(BOB.address, ALICE.address)  # re-activated
+                publish(redis_server.url, FRIENDSHIP_CHANNEL,
+                        friendship_event("accept", ALICE, BOB))
+                assert await next_update(updates) == (BOB.address, ONLINE)
+                # The pass re-reads the row (window, and verification): no change.
                 assert await srv.reconcile()
                 assert srv.source.stats.applied == {
-                    ("event", "friendship", "add"): 1, ("event", "friendship", "remove"): 1}
+                    ("event", "friendship", "add"): 2, ("event", "friendship", "remove"): 1}
                 # Requests change nothing.
                 publish(redis_server.url, FRIENDSHIP_CHANNEL,
                         friendship_event("request", CAROL, ALICE))
