@@ -10,6 +10,8 @@ redis-server for the social service's events. Parts:
 
 - load:     `presenced serve --friends-db` from spawn to ready, the load time
             it logs, and its memory against a daemon with nothing loaded.
+- load_redis: the same with `--redis-url` (its own redis-server): the first
+            instance fills Redis, a second one finds everything there.
 - passes:   in-process, what one pass costs at this size: the incremental
             re-read (window with the overlap, nothing and 1,000 rows changed,
             1,000 event-touched pairs verified) and the full comparison
@@ -161,6 +163,23 @@ def part_load(db: BenchDatabase) -> dict:
     return {"ready_s": round(ready_s, 2), "load_s_logged": logged, "log": line.split(": ", 1)[1],
             "rss_mib": round(rss / 2**20, 1), "rss_empty_mib": round(rss_empty / 2**20, 1),
             "bytes_per_friendship": round((rss - rss_empty) / db.friendships, 1)}
+
+
+def part_load_redis(db: BenchDatabase) -> dict:
+    """Start-up with the Redis store: the first instance fills Redis, a second finds it full."""
+    out: dict = {}
+    with Redis() as redis_server:
+        for name in ("first", "second"):
+            server = Server("--friends-db", db.url, "--redis-url", redis_server.url,
+                            "--log-level", "info", log_name=f"redis-{name}")
+            with server:
+                out[f"{name}_ready_s"] = round(time.monotonic() - server.started_at, 2)
+                log = server.log_path.read_text(errors="replace")
+            line = next(x for x in log.splitlines() if "loaded" in x and "friendships" in x)
+            out[f"{name}_load_s_logged"] = float(line.rsplit(" in ", 1)[1].split()[0])
+        out["redis_used_mib"] = round(
+            redis_server.client().info("memory")["used_memory"] / 2**20, 1)
+    return out
 
 
 def part_passes(db: BenchDatabase, repeat: int) -> dict:
@@ -320,7 +339,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--friendships", type=int, default=1_000_000)
     parser.add_argument("--blocks", type=int, default=20_000)
-    parser.add_argument("--only", default="load,passes,stall,converge,events")
+    parser.add_argument("--only", default="load,load_redis,passes,stall,converge,events")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep-db", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
@@ -333,6 +352,7 @@ def main() -> None:
         results["database"] = db.create()
         print(json.dumps(results["database"]), file=sys.stderr)
         steps = [("load", lambda: part_load(db)),
+                 ("load_redis", lambda: part_load_redis(db)),
                  ("passes", lambda: part_passes(db, args.repeat)),
                  ("stall", lambda: part_stall(db, 20.0)),
                  ("converge", lambda: part_converge(db, 5.0, 10)),
