@@ -256,6 +256,8 @@ async def test_blocks_either_way_hide_and_unblocking_restores(
                 publish(redis_server.url, BLOCK_CHANNEL, block_event(blocker, blocked, True))
                 assert await next_update(updates) == (BOB.address, OFFLINE)
                 assert await alice.get_online_friends() == []
+                # The two channels' events may come in either order.
+                await wait_until(lambda: srv.source.stats.applied[("event", "block", "add")])
                 assert await srv.hub.store.block_status(blocker.address, blocked.address) \
                     == (True, False)
                 # Unblocking does not restore the friendship the block ended...
