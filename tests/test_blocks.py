@@ -40,7 +40,9 @@ async def next_update(sub) -> tuple[str, int]:
 async def test_a_block_hides_a_friend_at_once_and_unblocking_restores(nursery, direction):
     hub, url, shutdown = await start(nursery)
     seen: list[BlockChanged] = []
-    hub.block_listeners.append(seen.append)
+    for user in (ALICE, BOB):
+        hub.watch_blocks(user.address, lambda blocker, added, blocked=user.address:
+                         seen.append(BlockChanged(blocker, blocked, added)))
     blocks = {"alice blocks bob": [(ALICE.address, BOB.address)],
               "bob blocks alice": [(BOB.address, ALICE.address)],
               "both": [(ALICE.address, BOB.address), (BOB.address, ALICE.address)]}[direction]

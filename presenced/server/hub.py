@@ -109,9 +109,9 @@ class Hub:
         if config.publish_social_status and config.social_events_url:
             self.status_publisher = StatusPublisher(config.social_events_url)
             store.on_status = self.status_publisher.publish
-        # Called with every block added or removed, here or elsewhere (the
-        # v2 module's block updates); friendships go to the engine.
-        self.block_listeners: list[Callable[[BlockChanged], None]] = []
+        # Who hears of blocks involving a user (the v2 module's block updates), by the
+        # blocked user's address; friendships go to the engine.
+        self._block_watchers: dict[str, set[Callable[[str, bool], None]]] = {}
 
     def phase(self) -> Phase:
         """Where this instance is in its life, for /readyz and the metrics."""
@@ -289,8 +289,23 @@ class Hub:
                 else:
                     engine.remove_friendship(event.a, event.b, now)
             else:
-                for listener in self.block_listeners:
-                    listener(event)
+                for watcher in list(self._block_watchers.get(event.blocked, ())):
+                    watcher(event.blocker, event.added)
+
+    def watch_blocks(
+        self, blocked: str, on_change: Callable[[str, bool], None]
+    ) -> Callable[[], None]:
+        """Call `on_change(blocker, added)` for every block of `blocked` added or removed,
+        here or on another instance; returns the function that stops it."""
+        watchers = self._block_watchers.setdefault(blocked, set())
+        watchers.add(on_change)
+
+        def stop() -> None:
+            watchers.discard(on_change)
+            if not watchers and self._block_watchers.get(blocked) is watchers:
+                del self._block_watchers[blocked]
+
+        return stop
 
     def inject_presence(self, address: str, position: Position | None) -> None:
         self.engine.inject(address, position, self.now_ms())
