@@ -16,6 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon
+    from tests.support.postgres import SocialDatabase
     from tests.support.redis_server import RedisServer
 
 # Test modules whose tests start processes or servers, and fixtures that do.
@@ -23,8 +24,9 @@ SLOW_MODULES = frozenset({
     "test_admin_api", "test_cli_admin", "test_daemon", "test_docgen", "test_interop",
     "test_interop_v2",
     "test_redis_e2e", "test_redis_store", "test_simulate", "test_workers",
+    "test_friends_db", "test_friends_db_daemon",
 })
-SLOW_FIXTURES = frozenset({"redis_server", "store_daemon", "token_daemon"})
+SLOW_FIXTURES = frozenset({"redis_server", "store_daemon", "token_daemon", "social_db"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -92,3 +94,22 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# ------------------------------------------------- friends database (PostgreSQL)
+
+
+@pytest.fixture
+def social_db() -> Iterator[SocialDatabase]:
+    """A database of our own on the PostgreSQL at 127.0.0.1:5432, with the social
+    service's schema; dropped afterwards. Skipped (saying why) if no server answers."""
+    from tests.support.postgres import SocialDatabase, postgres_unavailable
+
+    missing = postgres_unavailable()
+    if missing is not None:
+        pytest.skip(missing)
+    db = SocialDatabase().create()
+    try:
+        yield db
+    finally:
+        db.drop()

@@ -38,7 +38,11 @@ def test_every_setting_of_the_config_has_an_option():
                "startup_timeout_s": "startup_timeout",
                "max_streams_per_connection": "max_streams",
                "max_ports_per_connection": "max_ports",
-               "max_messages_per_s": "max_messages_per_second"}
+               "max_messages_per_s": "max_messages_per_second",
+               "blocks_file": "blocks", "friends_db_url": "friends_db",
+               "friends_db_reconcile_interval_s": "friends_db_reconcile_interval",
+               "friends_db_full_interval_s": "friends_db_full_interval",
+               "friends_db_overlap_s": "friends_db_overlap"}
     for field in dataclasses.fields(ServerConfig):
         if field.name in internal:
             continue

@@ -2,8 +2,9 @@
 
 From the bottom: the model and the close codes, the wire (rpc),
 authentication and the profile source (HTTP to a Catalyst); the engine;
-the RPC modules (services) beside the stores; the server; the command line,
-the simulator and the client at the top.
+the RPC modules (services) beside the stores; the friends database source
+(graph) above the stores; the server; the command line, the simulator and
+the client at the top.
 A module may import its own layer or a lower one, never a higher one: a
 store that imported the server could not be used (or tested) without it,
 and any change to the server would ripple down.
@@ -21,18 +22,21 @@ TOP = ("presenced.server", "presenced.cli", "presenced.simulate", "presenced.cli
 
 # Source (a package directory or a module file, relative to presenced/) ->
 # modules it must not import (nor anything under them).
-BELOW_ENGINE = ("presenced.engine", "presenced.services", "presenced.store")
+BELOW_ENGINE = ("presenced.engine", "presenced.services", "presenced.store", "presenced.graph")
 
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "model.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth"),
     "closes.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),
     "rpc": (*TOP, *BELOW_ENGINE),
     "auth": (*TOP, *BELOW_ENGINE),
-    "engine": (*TOP, "presenced.services", "presenced.store"),
+    "engine": (*TOP, "presenced.services", "presenced.store", "presenced.graph"),
     # The modules know presence and the wire, not where state is kept: they reach the store
     # only through the session the server gives them.
-    "services": (*TOP, "presenced.store"),
-    "store": (*TOP, "presenced.services"),
+    "services": (*TOP, "presenced.store", "presenced.graph"),
+    "store": (*TOP, "presenced.services", "presenced.graph"),
+    # The friends database source: above the stores (it applies changes through their
+    # types), below the server (which gives it the hub).
+    "graph": (*TOP, "presenced.services"),
     "profiles": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth"),
     # The log set-up is used by every layer, so it imports none of them.
     "logs.py": (*TOP, *BELOW_ENGINE, "presenced.rpc", "presenced.auth", "presenced.model"),

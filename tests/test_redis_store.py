@@ -21,6 +21,7 @@ from presenced.engine import EngineConfig
 from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
 from presenced.store.base import (
+    BlockChanged,
     Expired,
     FriendshipChanged,
     RemoteLeave,
@@ -364,16 +365,81 @@ async def test_friendship_changes_reach_other_instances(cluster):
     a, ra = await cluster("a")
     b, rb = await cluster("b")
     assert await b.friends_of("0xa") == frozenset()  # cached by b from now on
-    assert await a.add_friendships([("0xb", "0xa")]) == [("0xa", "0xb")]
+    assert (await a.add_friendships([("0xb", "0xa")])).changed == [("0xa", "0xb")]
     await rb.wait_for(lambda: rb.of(FriendshipChanged))
-    assert rb.of(FriendshipChanged) == [FriendshipChanged("0xb", "0xa", True)]
+    # Announced in order (a < b), whichever way round it was added.
+    assert rb.of(FriendshipChanged) == [FriendshipChanged("0xa", "0xb", True)]
     assert await b.friends_of("0xa") == {"0xb"}
-    assert await a.remove_friendships([("0xa", "0xb")]) == [("0xa", "0xb")]
+    assert (await a.remove_friendships([("0xa", "0xb")])).changed == [("0xa", "0xb")]
     await rb.wait_for(lambda: len(rb.of(FriendshipChanged)) == 2)
     assert rb.of(FriendshipChanged)[-1] == FriendshipChanged("0xa", "0xb", False)
     assert await b.friends_of("0xa") == frozenset()
     await barrier(a, ra, b, rb, "friends")
     assert ra.of(FriendshipChanged) == []
+
+
+async def test_block_changes_reach_other_instances_with_the_effective_friendship(cluster):
+    a, ra = await cluster("a")
+    b, rb = await cluster("b")
+    await a.add_friendships([("0xa", "0xb")])
+    assert await b.friends_of("0xa") == {"0xb"}  # cached by b
+    changes = await a.add_blocks([("0xb", "0xa")])
+    assert changes.events == [FriendshipChanged("0xa", "0xb", False),
+                              BlockChanged("0xb", "0xa", True)]
+    await rb.wait_for(lambda: rb.of(BlockChanged))
+    assert rb.of(FriendshipChanged)[-1] == FriendshipChanged("0xa", "0xb", False)
+    assert rb.of(BlockChanged) == [BlockChanged("0xb", "0xa", True)]
+    assert await b.friends_of("0xa") == frozenset()
+    # Read fresh by an instance that had not cached it: hidden too.
+    c, _ = await cluster("c")
+    assert await c.friends_of("0xb") == frozenset()
+    assert await c.block_status("0xa", "0xb") == (False, True)
+    await b.add_blocks([("0xa", "0xb")])
+    await a.remove_blocks([("0xb", "0xa")])
+    assert await c.friends_of("0xb") == frozenset()  # still blocked the other way
+    changes = await b.remove_blocks([("0xa", "0xb")])
+    assert changes.events == [BlockChanged("0xa", "0xb", False),
+                              FriendshipChanged("0xa", "0xb", True)]
+    await ra.wait_for(lambda: ra.of(FriendshipChanged))
+    assert ra.of(FriendshipChanged) == [FriendshipChanged("0xa", "0xb", True)]
+    assert await a.friends_of("0xb") == {"0xa"}
+    assert await c.friends_of("0xb") == {"0xa"}
+    await barrier(a, ra, b, rb, "blocks")
+    # Nobody hears of its own changes; every instance hears of the others'.
+    assert ra.of(BlockChanged) == [BlockChanged("0xa", "0xb", True),
+                                   BlockChanged("0xa", "0xb", False)]
+    assert rb.of(BlockChanged) == [BlockChanged("0xb", "0xa", True),
+                                   BlockChanged("0xb", "0xa", False)]
+
+
+async def test_each_online_and_offline_transition_is_reported_by_one_instance(
+        cluster, redis_server):
+    seen: list[tuple[str, str, bool]] = []
+    stores = []
+    for name in ("a", "b"):
+        store, rec = await cluster(name)
+        store.on_status = lambda address, online_, name=name: seen.append(
+            (name, address, online_))
+        stores.append((store, rec))
+    (a, ra), (b, rb) = stores
+    a.write(PresenceWrite(online("0xu"), True))
+    await a.flush()
+    b.write(PresenceWrite(online("0xu"), True))  # a second owner: no transition
+    await b.flush()
+    a.write(PresenceLeave("0xu", now_ms()))
+    await a.flush()
+    assert seen == [("a", "0xu", True)]
+    b.write(PresenceLeave("0xu", now_ms()))  # the last owner leaves
+    await b.flush()
+    assert seen == [("a", "0xu", True), ("b", "0xu", False)]
+    # Expired by a sweep: the claimer reports it.
+    t = now_ms()
+    a.write(PresenceWrite(online("0xv", t), True))
+    await a.flush()
+    await a.aclose(leave=False)  # vanishes as if it had crashed
+    await wait_until(lambda: dead_by_redis_clock(redis_server, a), 10)
+    assert await b.claim_expired(t + 3 * TTL, TTL) == ["0xv"]
+    assert seen[-2:] == [("a", "0xv", True), ("b", "0xv", False)]
 
 
 # --------------------------------------------------------------- failures
@@ -645,6 +711,10 @@ class ListSource:
         self.reads += 1
         yield self.pairs[:1]
         yield self.pairs[1:]
+
+    async def block_batches(self):
+        return
+        yield
 
 
 async def test_friendships_are_rebuilt_from_the_source_after_an_empty_restart(

@@ -318,13 +318,70 @@ async def test_friendship_updates_tell_accept_and_delete(nursery):
 # -------------------------------------------------------------------- refusals
 
 
-async def test_blocks_answer_empty_until_blocks_exist(nursery):
+async def test_blocks_answer_empty_without_blocks(nursery):
     async with running(nursery) as server, server.v2(ALICE) as alice:
         blocked = await alice.call("GetBlockedUsers", v2.GetBlockedUsersPayload(),
                                    v2.GetBlockedUsersResponse)
         assert list(blocked.profiles) == [] and blocked.pagination_data.page == 1
         status = await alice.call("GetBlockingStatus", None, v2.GetBlockingStatusResponse)
         assert list(status.blocked_users) == [] == list(status.blocked_by_users)
+
+
+async def friendship_status(client: V2Client, address: str) -> int:
+    request = v2.GetFriendshipStatusPayload()
+    request.user.address = address
+    response = await client.call("GetFriendshipStatus", request, v2.GetFriendshipStatusResponse)
+    assert response.WhichOneof("response") == "accepted"
+    return response.accepted.status
+
+
+async def test_blocks_in_every_procedure_and_the_blocked_user_hears_of_them(nursery):
+    async with running(nursery) as server, server.v2(ALICE) as alice, server.v2(BOB) as bob:
+        bob_blocks = await bob.stream("SubscribeToBlockUpdates", v2.BlockUpdate)
+        alice_blocks = await alice.stream("SubscribeToBlockUpdates", v2.BlockUpdate)
+        await bob.get_friends()  # the streams' offers are acknowledged by now
+        assert await server.hub.add_blocks([(ALICE.address, BOB.address)])
+        # The blocked user hears who blocked them; the blocker's own client made the change.
+        with trio.fail_after(5):
+            update = await bob_blocks.next_batch()
+        assert (update.address, update.is_blocked) == (ALICE.address, True)
+        assert await friendship_status(alice, BOB.address) == v2.BLOCKED
+        assert await friendship_status(bob, ALICE.address) == v2.BLOCKED_BY
+        blocked = await alice.call("GetBlockedUsers", v2.GetBlockedUsersPayload(),
+                                   v2.GetBlockedUsersResponse)
+        assert [p.address for p in blocked.profiles] == [BOB.address]
+        assert (blocked.pagination_data.total, blocked.pagination_data.page) == (1, 1)
+        status = await alice.call("GetBlockingStatus", None, v2.GetBlockingStatusResponse)
+        assert (list(status.blocked_users), list(status.blocked_by_users)) == ([BOB.address], [])
+        status = await bob.call("GetBlockingStatus", None, v2.GetBlockingStatusResponse)
+        assert (list(status.blocked_users), list(status.blocked_by_users)) == ([], [ALICE.address])
+        # A blocked friend is no friend in the lists either.
+        assert [f.address for f in (await alice.get_friends()).friends] == [CAROL.address]
+
+        assert await server.hub.remove_blocks([(ALICE.address, BOB.address)])
+        with trio.fail_after(5):
+            update = await bob_blocks.next_batch()
+        assert (update.address, update.is_blocked) == (ALICE.address, False)
+        assert await friendship_status(alice, BOB.address) == v2.ACCEPTED
+        # The blocker's own stream carried nothing.
+        with trio.move_on_after(0.2) as quiet:
+            await alice_blocks.next_batch()
+        assert quiet.cancelled_caught
+
+
+async def test_a_new_block_stream_replaces_the_older_one(nursery):
+    async with running(nursery) as server, server.v2(BOB) as bob:
+        older = await bob.stream("SubscribeToBlockUpdates", v2.BlockUpdate)
+        newer = await bob.stream("SubscribeToBlockUpdates", v2.BlockUpdate)
+        with trio.fail_after(5):
+            assert await older.next_batch() is None  # ended normally
+        await server.hub.add_blocks([(CAROL.address, BOB.address)])
+        with trio.fail_after(5):
+            update = await newer.next_batch()
+        assert (update.address, update.is_blocked) == (CAROL.address, True)
+        session = server.session(BOB)
+        assert sum(1 for a in session.streams.values()
+                   if a.procedure == "SubscribeToBlockUpdates") == 1
 
 
 @pytest.mark.parametrize("name, response_type", [

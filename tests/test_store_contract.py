@@ -11,7 +11,7 @@ import pytest
 from presenced.engine import EngineConfig
 from presenced.model import Position, Presence, PresenceLeave, PresenceWrite
 from presenced.server.config import ServerConfig
-from presenced.store.base import FriendshipChanged, Store, StoreEvent
+from presenced.store.base import BlockChanged, BlockLists, FriendshipChanged, Store, StoreEvent
 from presenced.store.memory import MemoryStore
 from tests.support.waits import now_ms
 
@@ -73,10 +73,13 @@ async def store(backend, nursery, sink):
 
 async def test_add_friendships_returns_only_new_pairs_normalized(store: Store):
     added = await store.add_friendships([("0xb", "0xa"), ("0xa", "0xc"), ("0xa", "0xa")])
-    assert sorted(added) == [("0xa", "0xb"), ("0xa", "0xc")]
-    assert await store.add_friendships([("0xa", "0xb"), ("0xb", "0xa")]) == []
+    assert sorted(added.changed) == [("0xa", "0xb"), ("0xa", "0xc")]
+    assert sorted(added.events, key=lambda e: e.b) == [
+        FriendshipChanged("0xa", "0xb", True), FriendshipChanged("0xa", "0xc", True)]
+    again = await store.add_friendships([("0xa", "0xb"), ("0xb", "0xa")])
+    assert again.changed == [] and again.events == [] and not again
     again = await store.add_friendships([("0xc", "0xd"), ("0xd", "0xc")])
-    assert again == [("0xc", "0xd")]
+    assert again.changed == [("0xc", "0xd")]
 
 
 async def test_friends_of_is_symmetric(store: Store):
@@ -91,8 +94,9 @@ async def test_remove_friendships_returns_only_existing_pairs(store: Store):
     # Read once so that a caching store has something to keep current.
     assert await store.friends_of("0xb") == {"0xa"}
     removed = await store.remove_friendships([("0xb", "0xa"), ("0xa", "0xz"), ("0xa", "0xa")])
-    assert removed == [("0xa", "0xb")]
-    assert await store.remove_friendships([("0xa", "0xb")]) == []
+    assert removed.changed == [("0xa", "0xb")]
+    assert removed.events == [FriendshipChanged("0xa", "0xb", False)]
+    assert (await store.remove_friendships([("0xa", "0xb")])).changed == []
     assert await store.friends_of("0xa") == {"0xc"}
     assert await store.friends_of("0xb") == frozenset()
 
@@ -128,6 +132,77 @@ async def test_load_friendships_in_bulk(store: Store):
 
 async def test_stats_say_whether_the_store_is_shared(store: Store, backend):
     assert store.stats.shared is (backend is not None)
+
+
+# ---------------------------------------------------------------------- blocks
+
+
+async def test_block_between_friends_ends_the_effective_friendship(store: Store):
+    await store.add_friendships([("0xa", "0xb"), ("0xa", "0xc")])
+    changes = await store.add_blocks([("0xb", "0xa")])
+    assert changes.changed == [("0xb", "0xa")]
+    assert changes.events == [FriendshipChanged("0xa", "0xb", False),
+                              BlockChanged("0xb", "0xa", True)]
+    # Hidden both ways, whoever blocked.
+    assert await store.friends_of("0xa") == {"0xc"}
+    assert await store.friends_of("0xb") == frozenset()
+    assert await store.block_status("0xa", "0xb") == (False, True)
+    assert await store.block_status("0xb", "0xa") == (True, False)
+    assert await store.blocks_of("0xb") == BlockLists(frozenset({"0xa"}), frozenset())
+    assert await store.blocks_of("0xa") == BlockLists(frozenset(), frozenset({"0xb"}))
+    # Idempotent.
+    again = await store.add_blocks([("0xb", "0xa")])
+    assert again.changed == [] and again.events == []
+
+
+async def test_unblocking_restores_the_friendship_only_after_the_last_block(store: Store):
+    await store.add_friendships([("0xa", "0xb")])
+    await store.add_blocks([("0xa", "0xb")])
+    # The second direction changes the blocks, not the (already hidden) friendship.
+    both = await store.add_blocks([("0xb", "0xa")])
+    assert both.events == [BlockChanged("0xb", "0xa", True)]
+    one = await store.remove_blocks([("0xa", "0xb")])
+    assert one.changed == [("0xa", "0xb")]
+    assert one.events == [BlockChanged("0xa", "0xb", False)]
+    assert await store.friends_of("0xa") == frozenset()
+    last = await store.remove_blocks([("0xb", "0xa"), ("0xb", "0xa"), ("0xz", "0xa")])
+    assert last.changed == [("0xb", "0xa")]
+    assert last.events == [BlockChanged("0xb", "0xa", False),
+                           FriendshipChanged("0xa", "0xb", True)]
+    assert await store.friends_of("0xa") == {"0xb"}
+    assert await store.friends_of("0xb") == {"0xa"}
+    assert await store.block_status("0xa", "0xb") == (False, False)
+
+
+async def test_friendships_changed_under_a_block_have_no_effective_event(store: Store):
+    await store.add_blocks([("0xa", "0xb")])
+    added = await store.add_friendships([("0xb", "0xa")])
+    assert added.changed == [("0xa", "0xb")] and added.events == []
+    assert await store.friends_of("0xa") == frozenset()
+    removed = await store.remove_friendships([("0xa", "0xb")])
+    assert removed.changed == [("0xa", "0xb")] and removed.events == []
+    # Unblocking restores nothing: the friendship is gone.
+    unblocked = await store.remove_blocks([("0xa", "0xb")])
+    assert unblocked.events == [BlockChanged("0xa", "0xb", False)]
+    assert await store.friends_of("0xa") == frozenset()
+
+
+async def test_blocks_without_friendship_and_self_blocks(store: Store):
+    changes = await store.add_blocks([("0xa", "0xb"), ("0xa", "0xa"), ("0xa", "0xc")])
+    assert changes.changed == [("0xa", "0xb"), ("0xa", "0xc")]
+    assert changes.events == [BlockChanged("0xa", "0xb", True), BlockChanged("0xa", "0xc", True)]
+    assert await store.blocks_of("0xa") == BlockLists(frozenset({"0xb", "0xc"}), frozenset())
+    assert await store.blocks_of("0xnobody") == BlockLists(frozenset(), frozenset())
+    assert (await store.remove_blocks([("0xa", "0xa")])).changed == []
+
+
+async def test_load_blocks_is_idempotent_and_hides_loaded_friendships(store: Store, sink: Sink):
+    await store.load_friendships([("0xa", "0xb"), ("0xa", "0xc")])
+    assert await store.load_blocks([("0xb", "0xa"), ("0xb", "0xa"), ("0xc", "0xc")]) == 1
+    assert await store.load_blocks([("0xb", "0xa")]) == 0
+    assert await store.friends_of("0xa") == {"0xc"}
+    assert await store.blocks_of("0xb") == BlockLists(frozenset({"0xa"}), frozenset())
+    assert sink.friendships() == []
 
 
 # -------------------------------------------------------------------- presence

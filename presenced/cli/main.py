@@ -31,8 +31,9 @@ app = typer.Typer(
          "`presenced serve` runs the daemon. The other commands are operator tools that "
          "talk to a running daemon through its admin endpoint (--admin-url, default "
          "http://127.0.0.1:8086; token in PRESENCED_ADMIN_TOKEN): who-online inspects a "
-         "user, friends edits friendships, seed loads friendship graphs and marks synthetic "
-         "users online, simulate puts realistic load on daemons and measures it.",
+         "user, friends and blocks edit friendships and blocks, seed loads friendship "
+         "graphs and marks synthetic users online, simulate puts realistic load on daemons "
+         "and measures it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -108,6 +109,36 @@ def serve(
              "Redis, which also rebuilds them from this file if it loses its data: CSV lines "
              "'address_a,address_b' (a header line, a UTF-8 byte-order mark and CRLF line ends "
              "are accepted), '#' comments, or JSON lines.")] = None,
+    blocks: Annotated[Path | None, typer.Option(
+        envvar=_env("BLOCKS"), exists=True, dir_okay=False,
+        help="Blocks to load at start: lines 'blocker,blocked' ('#' comments) or JSON lines. "
+             "A block either way hides two users from each other.")] = None,
+    friends_db: Annotated[str | None, typer.Option(
+        envvar=_env("FRIENDS_DB"), metavar="URL",
+        help="The social service's PostgreSQL (postgresql://USER@HOST:PORT/DB): the one "
+             "source of friendships and blocks, loaded at start and kept current "
+             "(docs/friends.md). Not with --friends or --blocks.")] = None,
+    friends_db_reconcile_interval: Annotated[float, typer.Option(
+        envvar=_env("FRIENDS_DB_RECONCILE_INTERVAL"), min=0.1, metavar="SECONDS",
+        help="Seconds between incremental passes over the friends database (rows changed "
+             "since the last pass).")] = _SERVER.friends_db_reconcile_interval_s,
+    friends_db_full_interval: Annotated[float, typer.Option(
+        envvar=_env("FRIENDS_DB_FULL_INTERVAL"), min=1, metavar="SECONDS",
+        help="Seconds between full comparisons with the friends database (every row).")
+    ] = _SERVER.friends_db_full_interval_s,
+    friends_db_overlap: Annotated[float, typer.Option(
+        envvar=_env("FRIENDS_DB_OVERLAP"), min=0, metavar="SECONDS",
+        help="Incremental passes re-read rows changed this long before the previous pass "
+             "(transactions that commit late).")] = _SERVER.friends_db_overlap_s,
+    social_events_url: Annotated[str | None, typer.Option(
+        envvar=_env("SOCIAL_EVENTS_URL"), metavar="URL",
+        help="The social service's Redis (redis://HOST:PORT/DB, may be --redis-url's): its "
+             "friendship.updates and block.updates are applied as they come (with "
+             "--friends-db), and --publish-social-status publishes there.")] = None,
+    publish_social_status: Annotated[bool, typer.Option(
+        "--publish-social-status", envvar=_env("PUBLISH_SOCIAL_STATUS"),
+        help="Publish every online/offline transition on friend.status.updates of "
+             "--social-events-url, once across all instances.")] = False,
     profiles_url: Annotated[str | None, typer.Option(
         envvar=_env("PROFILES_URL"),
         help="Catalyst lambdas base URL (https://peer.decentraland.org/lambdas) for friends' "
@@ -329,6 +360,9 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
             f"worker {options['workers'] - 1} would serve its admin endpoint on port "
             f"{last_admin_port}, past 65535", param_hint="--admin-port")
     friends = options["friends"]
+    blocks = options["blocks"]
+    _check_graph_options(friends, blocks, options["friends_db"], options["social_events_url"],
+                         options["publish_social_status"])
     return ServerConfig(
         host=options["host"],
         port=options["port"],
@@ -349,6 +383,13 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         message_burst=options["message_burst"],
         sweep_interval_s=options["sweep_interval"],
         friends_file=str(friends) if friends else None,
+        blocks_file=str(blocks) if blocks else None,
+        friends_db_url=options["friends_db"] or None,
+        friends_db_reconcile_interval_s=options["friends_db_reconcile_interval"],
+        friends_db_full_interval_s=options["friends_db_full_interval"],
+        friends_db_overlap_s=options["friends_db_overlap"],
+        social_events_url=options["social_events_url"] or None,
+        publish_social_status=options["publish_social_status"],
         profiles_url=profiles_url or None,
         admin_host=options["admin_host"],
         admin_port=options["admin_port"],
@@ -373,6 +414,33 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
             max_y=max_y,
         ),
     )
+
+
+def _check_graph_options(
+    friends: Path | None, blocks: Path | None, friends_db: str | None,
+    social_events_url: str | None, publish_social_status: bool,
+) -> None:
+    if friends_db:
+        from presenced.graph.postgres import check_url
+
+        for given, name in ((friends, "--friends"), (blocks, "--blocks")):
+            if given is not None:
+                raise typer.BadParameter(
+                    f"the friends database is the one source of friendships and blocks: "
+                    f"drop {name}", param_hint="--friends-db")
+        problem = check_url(friends_db)
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--friends-db")
+    if social_events_url:
+        if not social_events_url.startswith(("redis://", "rediss://", "unix://")):
+            raise typer.BadParameter("expected redis://HOST:PORT/DB",
+                                     param_hint="--social-events-url")
+        if not friends_db and not publish_social_status:
+            raise typer.BadParameter("only used with --friends-db or --publish-social-status",
+                                     param_hint="--social-events-url")
+    elif publish_social_status:
+        raise typer.BadParameter("needs --social-events-url (the Redis to publish on)",
+                                 param_hint="--publish-social-status")
 
 
 def _check(ctx: typer.Context, config: ServerConfig) -> int:
@@ -401,8 +469,12 @@ def _check(ctx: typer.Context, config: ServerConfig) -> int:
         value = ctx.params.get(name)
         if name == "admin_token":
             value = "(set)" if value else "(not set)"
-        elif name == "redis_url" and value:
+        elif name in ("redis_url", "social_events_url") and value:
             value = redact_url(value)
+        elif name == "friends_db" and value:
+            from presenced.graph.postgres import safe_url
+
+            value = safe_url(value)
         elif isinstance(value, Enum):
             value = value.value
         source = ctx.get_parameter_source(name)
@@ -422,11 +494,12 @@ def _check(ctx: typer.Context, config: ServerConfig) -> int:
 
 
 # The operator tools: clients of the admin endpoint, one module per concern.
-from presenced.cli import friends, seed, simulate, status, who  # noqa: E402
+from presenced.cli import blocks, friends, seed, simulate, status, who  # noqa: E402
 
 app.command("status")(status.status)
 app.command("who-online")(who.who_online)
 app.add_typer(friends.app, name="friends")
+app.add_typer(blocks.app, name="blocks")
 app.add_typer(seed.app, name="seed")
 app.command("simulate")(simulate.simulate)
 

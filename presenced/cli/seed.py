@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from presenced.cli import seed_db
 from presenced.cli.common import (
     DEFAULT_ADMIN_URL,
     EXIT_USAGE,
@@ -80,6 +81,11 @@ def friendships(
     chunk_lines: Annotated[int, typer.Option(
         "--chunk-lines", min=1, metavar="N", help="Lines sent to the daemon per request.")
     ] = 50_000,
+    db: Annotated[str | None, typer.Option(
+        "--db", metavar="URL", show_default=False,
+        help="Write the friendships into this social-service PostgreSQL database "
+             "(postgresql://USER@HOST:PORT/DB; tables created if missing) instead of "
+             "sending them to the daemon: what `serve --friends-db` reads.")] = None,
     admin_url: AdminUrlOption = DEFAULT_ADMIN_URL,
     token: TokenOption = None,
     json_output: JsonOption = False,
@@ -94,14 +100,22 @@ def friendships(
     With --random, user I of seed S has the identity
     Identity.generate(random.Random("S:I")) (see presenced/socialgraph.py), so
     `presenced simulate` can log in as the same users.
+
+    With --db, the friendships go into a social-service PostgreSQL database
+    (what `serve --friends-db` reads) instead of the daemon: tables are created
+    if missing, existing friendships are counted, inactive ones reactivated.
     """
     if random_graph == (file is not None):
         fail("give either FILE or --random", EXIT_USAGE)
     if output is not None and not random_graph:
         fail("--output only applies to --random", EXIT_USAGE)
+    if db is not None:
+        if output is not None:
+            fail("give either --output or --db", EXIT_USAGE)
+        seed_db.check_db_url(db)
     if random_graph:
         _random_friendships(users, avg_friends, seed, output, chunk_lines, admin_url, token,
-                            json_output)
+                            json_output, db)
         return
     assert file is not None
     name = "<stdin>" if str(file) == "-" else str(file)
@@ -112,6 +126,9 @@ def friendships(
     if errors:
         _report_line_errors(name, errors, len(errors))
         fail(f"{name}: {_plural(len(errors), 'malformed line')}; nothing was imported")
+    if db is not None:
+        seed_db.seed_database(db, pairs, name, json_output, {"file": name})
+        return
     totals = _send_lines(lines, chunk_lines, admin_url, token, f"importing {Path(name).name}")
     if json_output:
         print_json({"file": name, **totals})
@@ -121,7 +138,7 @@ def friendships(
 
 def _random_friendships(
     users: int, avg_friends: float, seed: int, output: Path | None, chunk_lines: int,
-    admin_url: str, token: str | None, json_output: bool,
+    admin_url: str, token: str | None, json_output: bool, db: str | None = None,
 ) -> None:
     try:
         from presenced.socialgraph import check_parameters
@@ -135,7 +152,6 @@ def _random_friendships(
     with _progress() as progress:
         task = progress.add_task("deriving user addresses", total=users)
         graph.addresses(lambda n: progress.advance(task, n))
-    lines = list(graph.csv_lines(avg_friends))
     degrees = graph.degrees()
     summary: dict[str, Any] = {
         "seed": seed,
@@ -145,6 +161,11 @@ def _random_friendships(
         "max_friends": max(degrees),
         "users_without_friends": degrees.count(0),
     }
+    if db is not None:
+        seed_db.seed_database(db, graph.friendships(), f"random graph (seed {seed}, {users} "
+                              f"users)", json_output, summary)
+        return
+    lines = list(graph.csv_lines(avg_friends))
     if output is not None:
         _write_lines(output, lines)
         if json_output:

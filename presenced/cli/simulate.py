@@ -28,6 +28,7 @@ from presenced.cli.common import (
     stdout_console,
 )
 from presenced.cli.seed import _parse_area, _send_lines
+from presenced.cli.seed_db import check_db_url, database_graph
 from presenced.simulate.plan import DEFAULT_AREA, DEFAULT_REALMS
 
 if TYPE_CHECKING:
@@ -145,6 +146,12 @@ def simulate(
         "--no-seed", help="Do not import the graph through the admin endpoint: it is "
                           "already there (seeded earlier, or loaded with serve --friends).")
     ] = False,
+    friends_db: Annotated[str | None, typer.Option(
+        "--friends-db", metavar="URL", show_default=False,
+        help="Take the social graph from this social-service database (the daemons serve "
+             "it with serve --friends-db; fill it with `seed friendships --random --db` of "
+             "the same --users and --seed): its friendships among the run's users, nothing "
+             "imported through the admin endpoint.")] = None,
     admin_url: AdminUrlOption = DEFAULT_ADMIN_URL,
     token: TokenOption = None,
     json_output: JsonOption = False,
@@ -198,6 +205,9 @@ def simulate(
     for source in sources:
         check.source(source)
     min_x, min_y, max_x, max_y = _parse_area(area)
+    if friends_db is not None:
+        check_db_url(friends_db)
+        no_seed = True
     status = _daemon_status(admin_url, token, required=not no_seed)
     target_list = tuple(targets or [default_target(admin_url, status)])
     for url in target_list:
@@ -247,7 +257,8 @@ def simulate(
                f"{config.heartbeat_interval_s * 3 / max(config.duration_s, 1):.3g} or a longer "
                f"--duration")
 
-    summary = _run(config, None if no_seed else _seeder(admin_url, token))
+    loader = database_graph(friends_db) if friends_db is not None else None
+    summary = _run(config, None if no_seed else _seeder(admin_url, token), loader)
     if json_output:
         print_json(summary)
     else:
@@ -264,13 +275,13 @@ def simulate(
         raise typer.Exit(EXIT_ERROR)
 
 
-def _run(config: SimConfig, seeder: Any) -> dict[str, Any]:
+def _run(config: SimConfig, seeder: Any, loader: Any = None) -> dict[str, Any]:
     """The run, with Ctrl-C and SIGTERM turned into an early, reported stop."""
     from presenced.simulate import Coordinator, SimulationError
     from presenced.simulate.ui import LiveView
 
     with LiveView(stderr_console(), enabled=True) as ui:
-        coordinator = Coordinator(config, ui, seeder)
+        coordinator = Coordinator(config, ui, seeder, loader)
 
         def on_signal(signum: int, frame: object) -> None:
             if coordinator.interrupted:

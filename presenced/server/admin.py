@@ -184,6 +184,9 @@ def create_app(hub: Hub) -> ASGIApp:
         Route("/v1/friendships/{a}/{b}", api.add_friendship, methods=["PUT"]),
         Route("/v1/friendships/{a}/{b}", api.remove_friendship, methods=["DELETE"]),
         Route("/v1/friendships/import", api.import_friendships, methods=["POST"]),
+        Route("/v1/users/{address}/blocks", api.user_blocks),
+        Route("/v1/blocks/{blocker}/{blocked}", api.add_block, methods=["PUT"]),
+        Route("/v1/blocks/{blocker}/{blocked}", api.remove_block, methods=["DELETE"]),
         Route("/v1/presence", api.inject_presence, methods=["POST"]),
     ]
     app: ASGIApp = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
@@ -369,13 +372,24 @@ class _Api:
     @_endpoint
     async def readyz(self, request: Request) -> Response:
         reasons = self._not_ready()
-        body = {"ready": not reasons, "store": type(self.hub.store).__name__, "reasons": reasons}
+        body = {"ready": not reasons, "store": type(self.hub.store).__name__, "reasons": reasons,
+                "degraded": self._degraded()}
         if reasons:
             return _json({"error": "not ready: " + "; ".join(reasons), **body}, 503)
         return _json(body)
 
     def _not_ready(self) -> list[str]:
         return not_ready_reasons(self.hub.phase())
+
+    def _degraded(self) -> list[str]:
+        """What works less well than it should, without making the instance unready.
+
+        The friends database being away is one: every instance shares it, so
+        failing readiness would take the whole fleet out, while each keeps
+        serving the friendships it has.
+        """
+        source = self.hub.friends_db
+        return source.degraded_reasons() if source is not None else []
 
     @_endpoint
     async def metrics(self, request: Request) -> Response:
@@ -404,6 +418,7 @@ class _Api:
             "connections": len(hub.live),
             "sessions": len(hub.connections),
             "online_users": hub.engine.online_count,
+            "friends_source": self._friends_source(),
             "engine": {
                 "ttl_ms": engine.ttl_ms,
                 "offline_grace_ms": engine.offline_grace_ms,
@@ -414,6 +429,21 @@ class _Api:
                            "max_x": engine.max_x, "max_y": engine.max_y},
             },
         })
+
+    def _friends_source(self) -> dict[str, Any]:
+        source = self.hub.friends_db
+        if source is None:
+            return {"kind": "local"}
+        return {
+            "kind": "database",
+            "database": source.database.description,
+            "healthy": source.healthy,
+            "events": (None if source.config.events_url is None
+                       else "connected" if source.events_connected else "disconnected"),
+            "friendships": source.friendship_count,
+            "blocks": source.block_count,
+            "degraded": source.degraded_reasons(),
+        }
 
     # -------------------------------------------------------------- users
 
@@ -446,8 +476,14 @@ class _Api:
 
     # -------------------------------------------------------- friendships
 
+    def _refuse_edits_of_an_external_graph(self) -> None:
+        if self.hub.graph_is_external:
+            raise ApiError(409, "friendships and blocks come from the friends database "
+                                "(--friends-db): change them in the social service")
+
     @_endpoint
     async def add_friendship(self, request: Request) -> Response:
+        self._refuse_edits_of_an_external_graph()
         a, b = self._pair(request)
         added = await self.hub.add_friendships([(a, b)])
         self.audit.record(request, "friendship-add", f"{a} {b}", changed=len(added))
@@ -455,6 +491,7 @@ class _Api:
 
     @_endpoint
     async def remove_friendship(self, request: Request) -> Response:
+        self._refuse_edits_of_an_external_graph()
         a, b = self._pair(request)
         removed = await self.hub.remove_friendships([(a, b)])
         self.audit.record(request, "friendship-remove", f"{a} {b}", changed=len(removed))
@@ -469,6 +506,7 @@ class _Api:
 
     @_endpoint
     async def import_friendships(self, request: Request) -> Response:
+        self._refuse_edits_of_an_external_graph()
         first_line = _int_param(request, "first_line", 1, minimum=1)
         # One import at a time: each holds its friendships until applied.
         async with self._import_lock:
@@ -502,6 +540,40 @@ class _Api:
             "added": added,
             "existing": len(unique) - added,
         })
+
+    # ------------------------------------------------------------- blocks
+
+    @_endpoint
+    async def user_blocks(self, request: Request) -> Response:
+        address = _address(request.path_params["address"])
+        blocking, blocked_by = await self.hub.store.blocks_of(address)
+        return _json({"address": address, "blocking": sorted(blocking),
+                      "blocked_by": sorted(blocked_by)})
+
+    @_endpoint
+    async def add_block(self, request: Request) -> Response:
+        self._refuse_edits_of_an_external_graph()
+        blocker, blocked = self._block(request)
+        added = await self.hub.add_blocks([(blocker, blocked)])
+        self.audit.record(request, "block-add", f"{blocker} {blocked}", changed=len(added))
+        return _json({"blocker": blocker, "blocked": blocked, "added": bool(added)},
+                     201 if added else 200)
+
+    @_endpoint
+    async def remove_block(self, request: Request) -> Response:
+        self._refuse_edits_of_an_external_graph()
+        blocker, blocked = self._block(request)
+        removed = await self.hub.remove_blocks([(blocker, blocked)])
+        self.audit.record(request, "block-remove", f"{blocker} {blocked}",
+                          changed=len(removed))
+        return _json({"blocker": blocker, "blocked": blocked, "removed": bool(removed)})
+
+    def _block(self, request: Request) -> tuple[str, str]:
+        blocker = _address(request.path_params["blocker"])
+        blocked = _address(request.path_params["blocked"])
+        if blocker == blocked:
+            raise ApiError(400, "a user cannot block themselves")
+        return blocker, blocked
 
     # ----------------------------------------------------------- presence
 

@@ -26,6 +26,7 @@ import trio
 from presenced import __version__
 from presenced.closes import Close
 from presenced.errors import leaf_exceptions
+from presenced.graph.source import SourceUnavailable
 from presenced.logs import RateLimit, redact_url
 from presenced.server import admin, runtime
 from presenced.server.admission import source_key
@@ -35,7 +36,8 @@ from presenced.server.hub import Hub, Spawn
 from presenced.server.readiness import starting_reason
 from presenced.services import SERVED_MODULES
 from presenced.services.base import Module
-from presenced.store.base import Friendship, Store, StoreUnavailable
+from presenced.store.base import Block, Friendship, Store, StoreUnavailable
+from presenced.store.blocks_file import read_blocks_file
 from presenced.store.friends_file import FriendsFile, FriendsFileError
 from presenced.store.memory import MemoryStore
 from presenced.ws.poller import Poller
@@ -96,7 +98,7 @@ def read_friends_file(config: ServerConfig) -> tuple[FriendsFile, list[Friendshi
     file is a ConfigError, found before anything starts."""
     if not config.friends_file:
         return None
-    source = FriendsFile(config.friends_file)
+    source = FriendsFile(config.friends_file, config.blocks_file)
     try:
         return source, source.read()
     except FriendsFileError as e:
@@ -115,6 +117,35 @@ async def load_friends_file(store: Store, source: FriendsFile, pairs: list[Frien
             continue
         log.info("loaded %d friendships from %s (%d new to the store)",
                  len(pairs), source.path, added)
+        return
+
+
+def read_blocks(config: ServerConfig) -> list[Block] | None:
+    """The `--blocks` file's blocks; a malformed file is a ConfigError, found
+    before anything starts."""
+    if not config.blocks_file:
+        return None
+    try:
+        blocks, errors = read_blocks_file(config.blocks_file)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read blocks file: {e}") from None
+    if errors:
+        shown = "; ".join(str(e) for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ConfigError(f"{config.blocks_file}: {shown}{more}")
+    return blocks
+
+
+async def load_blocks(store: Store, path: str, blocks: list[Block]) -> None:
+    """Load the blocks file into the store (idempotent), retrying while it is away."""
+    while True:
+        try:
+            added = await store.load_blocks(blocks)
+        except StoreUnavailable as e:
+            log.warning("cannot load the blocks file %s yet (%s); retrying", path, e)
+            await trio.sleep(FRIENDS_RETRY_S)
+            continue
+        log.info("loaded %d blocks from %s (%d new to the store)", len(blocks), path, added)
         return
 
 
@@ -170,18 +201,23 @@ async def serve(
     """
     check_config(config)
     friends = read_friends_file(config)
+    blocks = read_blocks(config)
     hub = Hub(config, store or build_store(config), modules)
     loaded: Callable[[], Awaitable[None]] | None = None
-    if friends is not None:
-        source, pairs = friends
-        del friends
-        # The store rebuilds friendships from the file if it ever loses them.
-        hub.store.set_friends_source(source)
+    if friends is not None or blocks is not None:
+        if friends is not None:
+            # The store rebuilds friendships from the file if it ever loses them.
+            hub.store.set_friends_source(friends[0])
 
         async def loaded() -> None:
-            nonlocal pairs
-            await load_friends_file(hub.store, source, pairs)
-            pairs = []
+            nonlocal friends, blocks
+            if friends is not None:
+                await load_friends_file(hub.store, *friends)
+                friends = None
+            if blocks is not None:
+                assert config.blocks_file is not None
+                await load_blocks(hub.store, config.blocks_file, blocks)
+                blocks = None
     try:
         async with trio.open_nursery() as root:
             ws_sockets, admin_sock = await _bind(config, reuse_port)
@@ -190,7 +226,14 @@ async def serve(
             # ends any stragglers.
             await root.start(admin.serve_admin, hub, admin_sock, shutdown.wait)
             _log_start(hub, ws_sockets)
-            if await _start_hub(root, hub, shutdown, loaded):
+            try:
+                started = await _start_hub(root, hub, shutdown, loaded)
+            except BaseException:
+                # StartupFailed: nobody will listen on them.
+                for sock in ws_sockets:
+                    sock.close()
+                raise
+            if started:
                 if freeze_loaded_state:
                     runtime.freeze_loaded_state()
                 await _serve_connections(hub, ws_sockets, shutdown, task_status)
@@ -239,7 +282,11 @@ async def _start_hub(
 
             watch.start_soon(stop_on_shutdown)
             with trio.move_on_after(timeout) as deadline:
-                await root.start(hub.run)
+                try:
+                    await root.start(hub.run)
+                except* SourceUnavailable as group:
+                    # The friends database (or its events) unreachable at start.
+                    raise StartupFailed(str(leaf_exceptions(group)[0])) from None
                 if loaded is not None:
                     await loaded()
             watch.cancel_scope.cancel()

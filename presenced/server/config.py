@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from presenced.engine import EngineConfig
+from presenced.graph.postgres import DatabaseConfig
+from presenced.graph.source import SourceConfig
 from presenced.store.redis_config import RedisStoreConfig
 
 
@@ -47,6 +49,19 @@ class ServerConfig:
     tick_interval_s: float = 0.5
     sweep_interval_s: float = 5.0
     friends_file: str | None = None
+    # Blocks to load at start, lines `blocker,blocked` (like friends_file).
+    blocks_file: str | None = None
+    # The social service's PostgreSQL: the one source of friendships and
+    # blocks when set (docs/friends.md for the intervals' costs).
+    friends_db_url: str | None = None
+    friends_db_reconcile_interval_s: float = 30.0
+    friends_db_full_interval_s: float = 900.0
+    friends_db_overlap_s: float = 120.0
+    # The social service's Redis: its friendship/block events are followed
+    # (with friends_db_url), and presence transitions published on it
+    # (publish_social_status).
+    social_events_url: str | None = None
+    publish_social_status: bool = False
     # Catalyst lambdas base URL for names and pictures (SocialService v2); None: addresses only.
     profiles_url: str | None = None
     # Admin/metrics HTTP endpoint. A token is required off loopback.
@@ -92,4 +107,16 @@ class ServerConfig:
             flush_interval_s=self.redis_flush_interval_s,
             flush_min_gap_s=self.redis_flush_min_gap_s,
             resync_interval_s=self.redis_resync_interval_s,
+        )
+
+    def friends_source_config(self) -> SourceConfig | None:
+        """The friends database's settings, or None without --friends-db."""
+        if not self.friends_db_url:
+            return None
+        return SourceConfig(
+            database=DatabaseConfig(self.friends_db_url),
+            reconcile_interval_s=self.friends_db_reconcile_interval_s,
+            full_interval_s=self.friends_db_full_interval_s,
+            overlap_s=self.friends_db_overlap_s,
+            events_url=self.social_events_url,
         )

@@ -20,6 +20,8 @@ import trio
 from presenced.auth import VerifiedLinks
 from presenced.closes import Close
 from presenced.engine import PresenceEngine
+from presenced.graph.source import FriendsDatabase
+from presenced.graph.status_publisher import StatusPublisher
 from presenced.logs import RateLimit
 from presenced.model import Presence, PresenceWrite
 from presenced.profiles import ProfileSource
@@ -32,9 +34,12 @@ from presenced.server.readiness import Phase
 from presenced.services import SERVED_MODULES
 from presenced.services.base import Module, Procedure, Services
 from presenced.store.base import (
+    Block,
+    BlockChanged,
     Expired,
     Friendship,
     FriendshipChanged,
+    GraphEvent,
     RemoteLeave,
     RemotePresence,
     Resync,
@@ -145,6 +150,18 @@ class Hub:
         self._clock: TrioWallClock | None = None
         # Lines about repeating causes (resyncs, sweeps): one per minute each.
         self._log_limit = RateLimit(60.0)
+        source = config.friends_source_config()
+        self.friends_db = FriendsDatabase(source) if source is not None else None
+        if self.friends_db is not None:
+            # A store that loses friendships (Redis restarted empty) reloads them from it.
+            store.set_friends_source(self.friends_db)
+        self.status_publisher: StatusPublisher | None = None
+        if config.publish_social_status and config.social_events_url:
+            self.status_publisher = StatusPublisher(config.social_events_url)
+            store.on_status = self.status_publisher.publish
+        # Who hears of blocks involving a user (the v2 module's block updates), by the
+        # blocked user's address; friendships go to the engine.
+        self._block_watchers: dict[str, set[Callable[[str, bool], None]]] = {}
 
     def phase(self) -> Phase:
         """Where this instance is in its life, for /readyz and the metrics."""
@@ -160,6 +177,11 @@ class Hub:
         self._clock = TrioWallClock()
         async with trio.open_nursery() as nursery:
             await nursery.start(self._run_store)
+            if self.friends_db is not None:
+                # Loaded before the first connection is accepted.
+                await nursery.start(self.friends_db.run, self)
+            if self.status_publisher is not None:
+                nursery.start_soon(self._supervised, "social-status", self.status_publisher.run)
             nursery.start_soon(self._supervised, "ticker", self._ticker)
             nursery.start_soon(self._supervised, "sweeper", self._sweeper)
             nursery.start_soon(self._supervised, "keepalive", self._keepalive)
@@ -192,6 +214,11 @@ class Hub:
 
     async def _run_store(self, *, task_status: trio.TaskStatus[None]) -> None:
         await self.store.run(self._apply_store_events, task_status=task_status)
+
+    @property
+    def graph_is_external(self) -> bool:
+        """Friendships and blocks come from the friends database: no edits here."""
+        return self.friends_db is not None
 
     # ------------------------------------------------------------ background
 
@@ -293,11 +320,8 @@ class Hub:
                 engine.apply_remote_leave(event.address, event.instance, now)
             elif isinstance(event, Expired):
                 engine.apply_expired(event.address, now)
-            elif isinstance(event, FriendshipChanged):
-                if event.added:
-                    engine.add_friendship(event.a, event.b)
-                else:
-                    engine.remove_friendship(event.a, event.b, now)
+            elif isinstance(event, (FriendshipChanged, BlockChanged)):
+                self.apply_graph_events((event,))
             elif isinstance(event, Resync):
                 self._resync(event)
 
@@ -319,17 +343,62 @@ class Hub:
     # --------------------------------------------------------- admin actions
 
     async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        added = await self.store.add_friendships(pairs)
-        for a, b in added:
-            self.engine.add_friendship(a, b)
-        return added
+        """Add friendships to the store and apply them here; returns the new ones."""
+        changes = await self.store.add_friendships(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
 
     async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        removed = await self.store.remove_friendships(pairs)
+        changes = await self.store.remove_friendships(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
+
+    async def add_blocks(self, pairs: Iterable[Block]) -> list[Block]:
+        """Add blocks (blocker, blocked); returns the new ones."""
+        changes = await self.store.add_blocks(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
+
+    async def remove_blocks(self, pairs: Iterable[Block]) -> list[Block]:
+        changes = await self.store.remove_blocks(pairs)
+        self.apply_graph_events(changes.events)
+        return changes.changed
+
+    async def load_friendships(self, pairs: Iterable[Friendship]) -> None:
+        """Bulk load at start (no connection yet, so no events to apply)."""
+        await self.store.load_friendships(pairs)
+
+    async def load_blocks(self, pairs: Iterable[Block]) -> None:
+        await self.store.load_blocks(pairs)
+
+    def apply_graph_events(self, events: Iterable[GraphEvent]) -> None:
+        """Effective friendships to the engine, blocks to whoever listens."""
+        engine = self.engine
         now = self.now_ms()
-        for a, b in removed:
-            self.engine.remove_friendship(a, b, now)
-        return removed
+        for event in events:
+            if isinstance(event, FriendshipChanged):
+                if event.added:
+                    engine.add_friendship(event.a, event.b)
+                else:
+                    engine.remove_friendship(event.a, event.b, now)
+            else:
+                for watcher in list(self._block_watchers.get(event.blocked, ())):
+                    watcher(event.blocker, event.added)
+
+    def watch_blocks(
+        self, blocked: str, on_change: Callable[[str, bool], None]
+    ) -> Callable[[], None]:
+        """Call `on_change(blocker, added)` for every block of `blocked` added or removed,
+        here or on another instance; returns the function that stops it."""
+        watchers = self._block_watchers.setdefault(blocked, set())
+        watchers.add(on_change)
+
+        def stop() -> None:
+            watchers.discard(on_change)
+            if not watchers and self._block_watchers.get(blocked) is watchers:
+                del self._block_watchers[blocked]
+
+        return stop
 
     def inject_presence(self, address: str, position: Position | None) -> None:
         self.engine.inject(address, position, self.now_ms())

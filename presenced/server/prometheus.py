@@ -24,6 +24,7 @@ from presenced.server.runtime import GC_PAUSES
 from presenced.store.base import Store, StoreStats
 
 if TYPE_CHECKING:
+    from presenced.graph.source import FriendsDatabase
     from presenced.server.hub import Hub
 
 # Causes under which a connection counts as a slow client.
@@ -158,6 +159,18 @@ class HubCollector:
             )
         yield gc_pauses
 
+        if hub.friends_db is not None:
+            yield from _friends_db_metrics(hub.friends_db)
+        publisher = hub.status_publisher
+        if publisher is not None:
+            yield _counter("presenced_social_status_published",
+                           "Online/offline transitions published on friend.status.updates.",
+                           publisher.published)
+            yield _counter("presenced_social_status_dropped",
+                           "Transitions dropped while the social service's Redis was away "
+                           "(more than 100,000 waiting).", publisher.dropped)
+            yield _gauge("presenced_social_status_pending",
+                         "Transitions waiting to be published.", publisher.pending)
         yield from _store_metrics(store.stats)
 
 
@@ -190,6 +203,55 @@ def _store_metrics(stats: StoreStats) -> Iterator[Metric]:
     yield _histogram("presenced_redis_flush_latency_seconds",
                      "Time to write one batch of presence changes to Redis.",
                      stats.flush_latency)
+
+
+def _friends_db_metrics(source: FriendsDatabase) -> Iterator[Metric]:
+    stats = source.stats
+    yield _gauge("presenced_friends_db_healthy",
+                 "1 while the friends database can be read.", int(source.healthy))
+    yield _counter("presenced_friends_db_errors", "Failed reads of the friends database.",
+                   stats.errors)
+    yield _counter("presenced_friends_db_outages",
+                   "Times the friends database became unreachable.", stats.outages)
+    yield _labelled_counter("presenced_friends_db_passes",
+                            "Reconciliation passes completed, by kind (incremental, full, "
+                            "blocks).", "kind", stats.passes)
+    seconds = GaugeMetricFamily("presenced_friends_db_pass_seconds",
+                                "Duration of the last pass of each kind.", labels=["kind"])
+    for kind, value in sorted(stats.pass_seconds.items()):
+        seconds.add_metric([kind], value)
+    yield seconds
+    applied = CounterMetricFamily(
+        "presenced_friends_db_changes",
+        "Friendship and block changes from the social service applied to the store, by "
+        "origin (event, incremental, full, blocks), kind and operation.",
+        labels=["origin", "kind", "op"])
+    for (origin, kind, op), n in sorted(stats.applied.items()):
+        applied.add_metric([origin, kind, op], n)
+    yield applied
+    yield _counter("presenced_friends_db_changes_already_applied",
+                   "Changes the store already had: another instance applied them first.",
+                   stats.already)
+    yield _counter("presenced_friends_db_apply_failures",
+                   "Changes the store refused (applied again by the next pass).",
+                   stats.apply_failures)
+    yield _gauge("presenced_friends_db_friendships", "Friendships loaded from the database.",
+                 source.friendship_count)
+    yield _gauge("presenced_friends_db_blocks", "Blocks loaded from the database.",
+                 source.block_count)
+    yield _gauge("presenced_friends_db_load_seconds", "Duration of the load at start.",
+                 stats.load_seconds)
+    listener = source.listener
+    if listener is not None:
+        yield _gauge("presenced_social_events_connected",
+                     "1 while subscribed to the social service's events.",
+                     int(source.events_connected))
+        yield _labelled_counter("presenced_social_events_received",
+                                "Messages received from the social service, by channel.",
+                                "channel", listener.received)
+        yield _counter("presenced_social_events_malformed",
+                       "Messages from the social service that could not be parsed.",
+                       listener.malformed)
 
 
 def build_registry(hub: Hub) -> CollectorRegistry:

@@ -145,6 +145,22 @@ class ClientSession:
             # The client may retry; it is not a bug worth a traceback.
             raise ProcedureError("the store is unavailable, try again later") from None
 
+    async def block_status(self, other: str) -> tuple[bool, bool]:
+        try:
+            return await self.hub.store.block_status(self.address, other)
+        except StoreUnavailable:
+            raise ProcedureError("the store is unavailable, try again later") from None
+
+    async def blocks(self) -> tuple[frozenset[str], frozenset[str]]:
+        try:
+            lists = await self.hub.store.blocks_of(self.address)
+        except StoreUnavailable:
+            raise ProcedureError("the store is unavailable, try again later") from None
+        return lists.blocking, lists.blocked_by
+
+    def watch_blocks(self, on_change: Callable[[str, bool], None]) -> Callable[[], None]:
+        return self.hub.watch_blocks(self.address, on_change)
+
     def record_delivery(self, presences: Sequence[Presence]) -> None:
         metrics = self.hub.metrics
         metrics.updates_delivered += len(presences)

@@ -90,6 +90,20 @@ class Session(Protocol):
         """Count a stream item carrying `presences` (updates delivered, notify latency)."""
         ...
 
+    async def block_status(self, other: str) -> tuple[bool, bool]:
+        """(this user blocks `other`, `other` blocks this user), from the store
+        (`ProcedureError` while it is unavailable)."""
+        ...
+
+    async def blocks(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(whom this user blocks, who blocks this user), from the store."""
+        ...
+
+    def watch_blocks(self, on_change: Callable[[str, bool], None]) -> Callable[[], None]:
+        """Call `on_change(blocker, is_blocked)` whenever someone blocks or unblocks this
+        user, here or on another instance; returns the function that stops it."""
+        ...
+
 
 class CloseConnection(Exception):
     """End the caller's connection with `close` (a client abusing the procedure)."""

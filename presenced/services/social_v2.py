@@ -9,11 +9,14 @@ Served:
 - SubscribeToFriendConnectivityUpdates: ONLINE for each friend online now, then ONLINE/OFFLINE
   transitions only (the engine's transition subscription), one friend per message.
 - GetFriends, GetMutualFriends (pagination as the current social service answers it),
-  GetFriendshipStatus (ACCEPTED or NONE), SubscribeToFriendshipUpdates (accept/delete when a
-  friendship begins/ends).
-- Blocks: presenced knows none yet, so GetBlockedUsers and GetBlockingStatus answer empty
-  and SubscribeToBlockUpdates stays open; SubscribeToCommunityMemberConnectivityUpdates
-  stays open too (Unity re-opens a stream that ends, every 5 s).
+  GetFriendshipStatus (ACCEPTED, NONE, BLOCKED, BLOCKED_BY), SubscribeToFriendshipUpdates
+  (accept/delete when a friendship begins/ends).
+- Blocks (from every source of blocks, docs/friends.md): GetBlockedUsers, GetBlockingStatus,
+  GetFriendshipStatus's BLOCKED / BLOCKED_BY and SubscribeToBlockUpdates (the blocked user
+  hears who blocked or unblocked them). A block in either direction also hides each user from
+  the other in every stream and list (the stores filter the friendship).
+  SubscribeToCommunityMemberConnectivityUpdates stays open, silent (Unity re-opens a stream
+  that ends, every 5 s).
 
 Refused: friend requests, block writes, settings, communities and voice chat: in the
 response's `internal_server_error` case ("presenced does not serve X") where the response has
@@ -199,15 +202,17 @@ async def get_mutual_friends(session: Session, payload: bytes) -> bytes:
     return await _friends_page(session, mutual, pagination)
 
 
-def _block_relation(session: Session, other: str) -> int | None:
-    """BLOCKED or BLOCKED_BY between the caller and `other`, or None.
-
-    Blocks plug in here: presenced stores none yet, so there is never one.
-    """
+async def _block_relation(session: Session, other: str) -> int | None:
+    """BLOCKED (the caller blocks `other`), BLOCKED_BY (`other` blocks the caller), or None."""
+    blocking, blocked_by = await session.block_status(other)
+    if blocking:
+        return pb.BLOCKED
+    if blocked_by:
+        return pb.BLOCKED_BY
     return None
 
 
-def get_friendship_status(session: Session, payload: bytes) -> bytes:
+async def get_friendship_status(session: Session, payload: bytes) -> bytes:
     request = pb.GetFriendshipStatusPayload.FromString(payload)
     response = pb.GetFriendshipStatusResponse()
     try:
@@ -215,7 +220,7 @@ def get_friendship_status(session: Session, payload: bytes) -> bytes:
     except ValueError:
         response.invalid_request.message = f"invalid address {request.user.address[:64]!r}"
         return response.SerializeToString()
-    status = _block_relation(session, other)
+    status = await _block_relation(session, other) if other != session.address else None
     if status is None:
         friends = session.engine.friends_of_session(session.session_id)
         status = pb.ACCEPTED if other in friends else pb.NONE
@@ -278,20 +283,38 @@ def subscribe_friendships(session: Session, payload: bytes) -> StreamSource:
 # ------------------------------------------------------------------ blocks
 
 
-def get_blocked_users(session: Session, payload: bytes) -> bytes:
+async def get_blocked_users(session: Session, payload: bytes) -> bytes:
+    """Whom the caller blocks, in a stable order, paginated like friends."""
     request = pb.GetBlockedUsersPayload.FromString(payload)
     pagination = request.pagination if request.HasField("pagination") else None
-    _, _, page = _page(pagination)
-    # Blocks plug in here (the caller's blocked users, paginated like friends).
-    return pb.GetBlockedUsersResponse(
-        pagination_data=pb.PaginatedResponse(total=0, page=page)
-    ).SerializeToString()
+    blocking, _ = await session.blocks()
+    ordered = sorted(blocking)
+    limit, offset, page = _page(pagination)
+    rows = ordered[offset : offset + limit]
+    profiles: dict[str, Profile] = {}
+    source = session.services.profiles
+    if source is not None and rows:
+        profiles = await source.lookup_many(rows, PROFILE_WAIT_S)
+    response = pb.GetBlockedUsersResponse(
+        pagination_data=pb.PaginatedResponse(total=len(ordered), page=page))
+    # Names are cut to a bounded length by the profile source: 1,000 rows stay far below
+    # Unity's receive buffer.
+    for address in rows:
+        row = response.profiles.add(address=address)
+        profile = profiles.get(address)
+        if profile is not None:
+            row.name = profile.name
+            row.has_claimed_name = profile.has_claimed_name
+            row.profile_picture_url = profile.picture_url
+    return response.SerializeToString()
 
 
-def get_blocking_status(session: Session, payload: bytes) -> bytes:
+async def get_blocking_status(session: Session, payload: bytes) -> bytes:
     empty_pb2.Empty.FromString(payload)
-    # Blocks plug in here (blocked_users, blocked_by_users).
-    return b""
+    blocking, blocked_by = await session.blocks()
+    return pb.GetBlockingStatusResponse(
+        blocked_users=sorted(blocking), blocked_by_users=sorted(blocked_by)
+    ).SerializeToString()
 
 
 class OpenStream:
@@ -336,10 +359,55 @@ class OpenStream:
         return 0
 
 
+class BlockStream(OpenStream):
+    """`SubscribeToBlockUpdates`: who blocks or unblocks the caller, one `BlockUpdate` a message.
+
+    As in the social service, the blocked user hears of it (`address` is the blocker); the
+    blocker's own client made the change. Pending updates coalesce per blocker (the latest
+    wins) and are bounded; past the bound the oldest is dropped.
+    """
+
+    __slots__ = ("pending", "_stop")
+
+    MAX_PENDING = 1_000
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session, "SubscribeToBlockUpdates")
+        self.pending: dict[str, bool] = {}
+        self._stop = session.watch_blocks(self._on_change)
+
+    def _on_change(self, blocker: str, is_blocked: bool) -> None:
+        pending = self.pending
+        pending.pop(blocker, None)
+        pending[blocker] = is_blocked
+        if len(pending) > self.MAX_PENDING:
+            del pending[next(iter(pending))]
+        if len(pending) == 1 and self._wake is not None:
+            self._wake()
+
+    def next_item(self) -> bytes | None:
+        if self.finished or not self.pending:
+            return None
+        blocker = next(iter(self.pending))
+        is_blocked = self.pending.pop(blocker)
+        return pb.BlockUpdate(address=blocker, is_blocked=is_blocked).SerializeToString()
+
+    def has_pending(self) -> bool:
+        return bool(self.pending) and not self.finished
+
+    def _replace(self) -> None:
+        self._stop()
+        super()._replace()
+
+    def cancel(self) -> int:
+        self._stop()
+        return super().cancel()
+
+
 def subscribe_block_updates(session: Session, payload: bytes) -> StreamSource:
     empty_pb2.Empty.FromString(payload)
-    # Blocks plug in here: a feed of BlockUpdate; until then the stream stays open, silent.
-    return OpenStream(session, "SubscribeToBlockUpdates")
+    # Replaces this connection's previous block stream, if any (it ends normally).
+    return BlockStream(session)
 
 
 def subscribe_community_members(session: Session, payload: bytes) -> StreamSource:
@@ -383,12 +451,12 @@ MODULE = Module(
         refuse("GetSentFriendshipRequests", pb.PaginatedFriendshipRequestsResponse),
         refuse("UpsertFriendship", pb.UpsertFriendshipResponse),
         ServerStream("SubscribeToFriendshipUpdates", subscribe_friendships),
-        Unary("GetFriendshipStatus", get_friendship_status),
+        AsyncUnary("GetFriendshipStatus", get_friendship_status),
         ServerStream("SubscribeToFriendConnectivityUpdates", subscribe_connectivity),
         refuse("BlockUser", pb.BlockUserResponse),
         refuse("UnblockUser", pb.UnblockUserResponse),
-        Unary("GetBlockedUsers", get_blocked_users),
-        Unary("GetBlockingStatus", get_blocking_status),
+        AsyncUnary("GetBlockedUsers", get_blocked_users),
+        AsyncUnary("GetBlockingStatus", get_blocking_status),
         ServerStream("SubscribeToBlockUpdates", subscribe_block_updates),
         refuse("GetSocialSettings", pb.GetSocialSettingsResponse),
         refuse("UpsertSocialSettings", pb.UpsertSocialSettingsResponse),

@@ -35,6 +35,9 @@ from presenced.socialgraph import SocialGraph
 
 # Seeds the graph: (graph, addresses) -> what the import reported.
 Seeder = Callable[[SocialGraph, list[str]], dict[str, Any]]
+# Reads the graph from elsewhere (a friends database): addresses of users
+# 0..N-1 -> their friendships as index pairs (i < j).
+GraphLoader = Callable[[list[str]], list[tuple[int, int]]]
 
 _UI_INTERVAL_S = 0.25
 
@@ -71,10 +74,12 @@ class _Handle:
 
 
 class Coordinator:
-    def __init__(self, config: SimConfig, ui: LiveView, seeder: Seeder | None) -> None:
+    def __init__(self, config: SimConfig, ui: LiveView, seeder: Seeder | None,
+                 graph_loader: GraphLoader | None = None) -> None:
         self.config = config
         self.ui = ui
         self.seeder = seeder
+        self.graph_loader = graph_loader
         self.population = Population.choose(config)
         self.processes = config.processes
         self.handles: list[_Handle] = []
@@ -156,7 +161,8 @@ class Coordinator:
 
         # The graph is needed for seeding and for the final check; build it
         # while the workers sign.
-        graph = SocialGraph.generate(config.users, config.avg_friends, config.seed)
+        graph = (SocialGraph.generate(config.users, config.avg_friends, config.seed)
+                 if self.graph_loader is None else None)
         addresses = [""] * config.users
         seeded = None
         times: dict[str, float] = {}
@@ -166,6 +172,12 @@ class Coordinator:
             for h in self.handles:
                 for index, address in h.addresses or ():
                     addresses[index] = address
+            if graph is None:
+                assert self.graph_loader is not None
+                self.phase = "reading the graph"
+                graph = SocialGraph(config.seed, config.users, self.graph_loader(addresses))
+                self.ui.note(f"read {len(graph.edges):,} friendships among {config.users:,} "
+                             "users from the friends database")
 
             if self.seeder is not None:
                 self.phase = "seeding"
@@ -233,9 +245,10 @@ class Coordinator:
         # Without the settle an interrupted run's views are not final yet:
         # comparing them would count updates still on their way as lost.
         finals = [h.final for h in self.handles if h.final is not None]
-        convergence: Convergence = Convergence() if self.interrupted else check_convergence(
-            graph.adjacency(), finals, addresses, config.realms,
-            presence_only=config.subscribe_protocol == "v2")
+        convergence: Convergence = (
+            Convergence() if self.interrupted or graph is None else check_convergence(
+                graph.adjacency(), finals, addresses, config.realms,
+                presence_only=config.subscribe_protocol == "v2"))
         t_go = times.get("go", times["stop"])
         t_load = times.get("load", times["stop"])
         workers = []
@@ -265,7 +278,7 @@ class Coordinator:
             config=config,
             online_users=len(self.population.online),
             subscribers=len(self.population.subscribers),
-            friendships=len(graph.edges),
+            friendships=len(graph.edges) if graph is not None else 0,
             totals=self.totals,
             rates=rates,
             connected_at_stop=connected_at_stop,

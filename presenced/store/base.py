@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -46,8 +46,25 @@ class Expired:
 
 @dataclass(frozen=True, slots=True)
 class FriendshipChanged:
+    """An *effective* friendship appeared or ended (`a < b`).
+
+    Effective: the friendship is stored and no block exists in either
+    direction. Blocking a friend therefore ends the effective friendship and
+    unblocking restores it, so every stream and list follows blocks through
+    the same path as friendship changes.
+    """
+
     a: str
     b: str
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BlockChanged:
+    """`blocker` started (`added`) or stopped blocking `blocked`."""
+
+    blocker: str
+    blocked: str
     added: bool
 
 
@@ -62,10 +79,42 @@ class Resync:
     reason: str
 
 
-StoreEvent = RemotePresence | RemoteLeave | Expired | FriendshipChanged | Resync
+StoreEvent = RemotePresence | RemoteLeave | Expired | FriendshipChanged | BlockChanged | Resync
 EventSink = Callable[[Sequence[StoreEvent]], None]
 
+# (address, online): a user went online anywhere, or offline everywhere.
+StatusSink = Callable[[str, bool], None]
+
 Friendship = tuple[str, str]
+# (blocker, blocked): a block has a direction.
+Block = tuple[str, str]
+GraphEvent = FriendshipChanged | BlockChanged
+
+
+@dataclass(slots=True)
+class GraphChanges:
+    """What one change of friendships or blocks did.
+
+    `changed`: the stored pairs whose state changed (friendships normalized
+    `a < b`, blocks as `(blocker, blocked)`); an idempotent repeat changes
+    nothing. `events`: what this instance must apply to its own engine, in
+    order: the effective friendships that appeared or ended, and the blocks
+    added or removed. A friendship added under a block is `changed` without
+    an event; a block between friends ends their effective friendship.
+    """
+
+    changed: list[tuple[str, str]] = field(default_factory=list)
+    events: list[GraphEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changed)
+
+
+class BlockLists(NamedTuple):
+    """Whom a user blocks, and who blocks them."""
+
+    blocking: frozenset[str]
+    blocked_by: frozenset[str]
 
 
 class StoreUnavailable(Exception):
@@ -108,7 +157,7 @@ class StoreStats:
 
 
 class FriendsSource(Protocol):
-    """Where friendships come from (the `--friends` file, PostgreSQL).
+    """Where friendships (and blocks) come from (the `--friends` file, PostgreSQL).
 
     A store that may lose friendships (a Redis restarted without persistence)
     rebuilds them from its registered source; see `Store.set_friends_source`.
@@ -123,9 +172,18 @@ class FriendsSource(Protocol):
         """Every friendship of the source, in batches of a few thousand pairs."""
         ...
 
+    def block_batches(self) -> AsyncIterator[Sequence[Block]]:
+        """Every block of the source (blocker, blocked), in batches; none for a
+        source of friendships only."""
+        ...
+
 
 class Store(Protocol):
     instance_id: str
+    # If set, called (on the trio thread) once per transition of a user
+    # between online anywhere and offline everywhere, by exactly one
+    # instance across the cluster (--publish-social-status).
+    on_status: StatusSink | None
 
     @property
     def healthy(self) -> bool:
@@ -152,17 +210,37 @@ class Store(Protocol):
         ...
 
     def cached_friends(self, address: str) -> frozenset[str] | None:
-        """`address`'s friends if known without I/O (a login then needs no task), else None."""
+        """`friends_of(address)` if known without I/O (a login then needs no task), else None."""
         ...
 
-    async def friends_of(self, address: str) -> frozenset[str]: ...
-
-    async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        """Add friendships; returns those that did not exist yet (normalized a < b)."""
+    async def friends_of(self, address: str) -> frozenset[str]:
+        """The user's effective friends: friendships without a block either way."""
         ...
 
-    async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        """Remove friendships; returns those that existed (normalized a < b)."""
+    async def add_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
+        """Add friendships; `changed` holds those that did not exist yet (a < b)."""
+        ...
+
+    async def remove_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
+        """Remove friendships; `changed` holds those that existed (a < b)."""
+        ...
+
+    async def add_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        """Add blocks (blocker, blocked); `changed` holds those that were new."""
+        ...
+
+    async def remove_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        """Remove blocks; `changed` holds those that existed."""
+        ...
+
+    async def block_status(self, a: str, b: str) -> tuple[bool, bool]:
+        """(a blocks b, b blocks a)."""
+        ...
+
+    async def blocks_of(self, address: str) -> BlockLists: ...
+
+    async def load_blocks(self, pairs: Iterable[Block]) -> int:
+        """Add blocks in bulk, idempotently, like `load_friendships`; returns how many were new."""
         ...
 
     async def load_friendships(self, pairs: Iterable[Friendship]) -> int:

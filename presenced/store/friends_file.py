@@ -116,11 +116,13 @@ class FriendsFile:
     """A friends file as a store's friends source (`serve --friends`).
 
     `read` parses the whole file, refusing it if any line is malformed; a
-    store rebuilding its friendships reads it again through `batches`.
+    store rebuilding its friendships reads it again through `batches` (and
+    the `--blocks` file, if any, through `block_batches`).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, blocks_path: str | None = None) -> None:
         self.path = path
+        self.blocks_path = blocks_path
 
     @property
     def name(self) -> str:
@@ -144,6 +146,17 @@ class FriendsFile:
         pairs = await trio.to_thread.run_sync(self.read)
         for start in range(0, len(pairs), SOURCE_BATCH):
             yield pairs[start : start + SOURCE_BATCH]
+
+    async def block_batches(self) -> AsyncIterator[Sequence[Friendship]]:
+        if self.blocks_path is None:
+            return
+        from presenced.store.blocks_file import read_blocks_file
+
+        blocks, errors = await trio.to_thread.run_sync(read_blocks_file, self.blocks_path)
+        if errors:
+            raise FriendsFileError(f"{self.blocks_path}: {errors[0]}")
+        for start in range(0, len(blocks), SOURCE_BATCH):
+            yield blocks[start : start + SOURCE_BATCH]
 
 
 def iter_csv(pairs: Iterable[Friendship]) -> Iterator[str]:

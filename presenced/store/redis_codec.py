@@ -13,8 +13,10 @@ protobuf:
 
 Entry kinds: `P` presence (payload: blob), `L` leave, `G` leave after which
 nobody vouches (offline cluster-wide), `E` expired by a sweep, `F`/`f`
-friendship added/removed (payload: the other address), `Z` fence (address:
-the fence token; only read by the instance that published it).
+effective friendship added/removed (address < payload, the other address:
+stored with no block either way), `K`/`k` block added/removed (address: the
+blocker, payload: the blocked), `Z` fence (address: the fence token; only
+read by the instance that published it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sys import intern
 
 from presenced.model import Position, Presence
 from presenced.store.base import (
+    BlockChanged,
     Expired,
     FriendshipChanged,
     RemoteLeave,
@@ -122,6 +125,10 @@ def decode_message(data: bytes, me: str) -> Message | None:
             events.append(FriendshipChanged(address, payload.decode(), True))
         elif kind == 0x66:  # f
             events.append(FriendshipChanged(address, payload.decode(), False))
+        elif kind == 0x4B:  # K
+            events.append(BlockChanged(address, intern(payload.decode()), True))
+        elif kind == 0x6B:  # k
+            events.append(BlockChanged(address, intern(payload.decode()), False))
         elif kind == 0x5A:  # Z
             msg.fence = address
         else:

@@ -2,7 +2,7 @@
 
 Everything that must be atomic across instances is one script: a flushed
 batch (its writes, its ownership checks and its one change message), an
-expiry claim, a friendship batch and an instance's retirement. Each script
+expiry claim, a friendship batch, a block batch and an instance's retirement. Each script
 that publishes takes the next sequence number of its instance (`HINCRBY seq`)
 in the same atomic step, so receivers can tell a lost message from a late one.
 
@@ -55,30 +55,43 @@ local function alive_others(me, tnow, dead_after)
   end
   return out
 end
+local function blocked_either_way(a, b)
+  return redis.call('SISMEMBER', key('b:' .. a), b) == 1
+      or redis.call('SISMEMBER', key('b:' .. b), a) == 1
+end
+-- A friendship entry names the pair in order (a < b), as events do.
+local function pair_entry(kind, a, b)
+  if b < a then a, b = b, a end
+  return entry(kind, a, b)
+end
 local function beacon(me, tnow)
   redis.call('ZADD', key('alive'), tnow, me)
   redis.call('SADD', key('members'), me)
 end
 """
 
-# ARGV: prefix, me, epoch candidate, dead_after_ms, then groups of four:
-# kind ('W' changed write, 'w' refresh, 'L' leave), address, last_seen_ms, blob.
-# Returns {epoch, orphaned, seq}: `orphaned` are users we made offline whose
-# entries from dead instances we removed (our own engine may still count
-# those instances as owners); `seq` is the number of the message published
-# (0 if none).
+# ARGV: prefix, me, epoch candidate, dead_after_ms, transitions ('1': report
+# them, '0'), then groups of four: kind ('W' changed write, 'w' refresh, 'L'
+# leave), address, last_seen_ms, blob.
+# Returns {epoch, orphaned, seq, online, offline}: `orphaned` are users we
+# made offline whose entries from dead instances we removed (our own engine
+# may still count those instances as owners); `seq` is the number of the
+# message published (0 if none); with transitions, `online` are the users
+# this batch made online anywhere and `offline` those it made offline
+# everywhere (each transition is seen by exactly one script run).
 FLUSH = _PRELUDE + """
 local me = ARGV[2]
 local tnow = redis_now()
 local epoch = current_epoch(ARGV[3])
 local dead_after = tonumber(ARGV[4])
+local transitions = ARGV[5] == '1'
 beacon(me, tnow)
 local own = key('own:' .. me)
 local seen, state = key('seen'), key('state')
 local others, members = nil, nil
-local entries, orphaned = {}, {}
+local entries, orphaned, online, offline = {}, {}, {}, {}
 local waddr, wms, wblob, wchanged = {}, {}, {}, {}
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local kind, addr, ms, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if kind == 'L' then
     local was = redis.call('ZREM', own, addr)
@@ -105,6 +118,7 @@ for i = 5, #ARGV, 4 do
       end
       if stale then orphaned[#orphaned + 1] = addr end
       if was == 1 or had == 1 then entries[#entries + 1] = entry('G', addr, '') end
+      if transitions and had == 1 then offline[#offline + 1] = addr end
     end
   else
     local n = #waddr + 1
@@ -115,6 +129,13 @@ if #waddr > 0 then
   -- Writes are most of the traffic: a few variadic commands for the whole
   -- batch (each address appears once in a batch) instead of three per user.
   local before = redis.call('ZMSCORE', own, unpack(waddr))
+  if transitions then
+    -- Not in `seen`: nobody vouched for them, this batch makes them online.
+    local anywhere = redis.call('ZMSCORE', seen, unpack(waddr))
+    for j = 1, #waddr do
+      if not anywhere[j] then online[#online + 1] = waddr[j] end
+    end
+  end
   local scored, fields = {}, {}
   for j = 1, #waddr do
     scored[2 * j - 1], scored[2 * j] = wms[j], waddr[j]
@@ -132,7 +153,7 @@ if #waddr > 0 then
   end
 end
 local seq = publish(me, epoch, entries)
-return {epoch, orphaned, seq}
+return {epoch, orphaned, seq, online, offline}
 """
 
 # ARGV: prefix, me, epoch candidate, now_ms, ttl_ms, margin_ms, dead_after_ms,
@@ -191,23 +212,65 @@ return {epoch, claimed, #due / 2, seq}
 """
 
 # ARGV: prefix, me, epoch candidate, op ('+' or '-'), then pairs a, b.
-# Returns {epoch, indexes (1-based) of the pairs that changed, seq}.
+# Returns {epoch, indexes (1-based) of the pairs that changed, seq, indexes of
+# those whose *effective* friendship changed (no block either way)}. Only
+# effective changes are published: instances cache effective friend sets.
 FRIENDS = _PRELUDE + """
 local me = ARGV[2]
 local epoch = current_epoch(ARGV[3])
 local add = ARGV[4] == '+'
 local cmd = add and 'SADD' or 'SREM'
-local entries, changed = {}, {}
+local entries, changed, effective = {}, {}, {}
 for i = 5, #ARGV, 2 do
   local a, b = ARGV[i], ARGV[i + 1]
   if redis.call(cmd, key('f:' .. a), b) == 1 then
     redis.call(cmd, key('f:' .. b), a)
-    changed[#changed + 1] = (i - 3) / 2
-    entries[#entries + 1] = entry(add and 'F' or 'f', a, b)
+    local n = (i - 3) / 2
+    changed[#changed + 1] = n
+    if not blocked_either_way(a, b) then
+      effective[#effective + 1] = n
+      entries[#entries + 1] = pair_entry(add and 'F' or 'f', a, b)
+    end
   end
 end
 local seq = publish(me, epoch, entries)
-return {epoch, changed, seq}
+return {epoch, changed, seq, effective}
+"""
+
+# ARGV: prefix, me, epoch candidate, op ('+' or '-'), then pairs blocker,
+# blocked. Returns {epoch, indexes (1-based) of the blocks that changed, seq,
+# indexes of those that changed an effective friendship}: the first block
+# between friends ends it, removing the last one restores it. Publishes the
+# block (`K`/`k`) and, for those, the friendship (`f`/`F`), in the order the
+# engine applies them: hidden before the block is announced, the block lifted
+# before the friend comes back.
+BLOCKS = _PRELUDE + """
+local me = ARGV[2]
+local epoch = current_epoch(ARGV[3])
+local add = ARGV[4] == '+'
+local cmd = add and 'SADD' or 'SREM'
+local entries, changed, effective = {}, {}, {}
+for i = 5, #ARGV, 2 do
+  local blocker, blocked = ARGV[i], ARGV[i + 1]
+  if redis.call(cmd, key('b:' .. blocker), blocked) == 1 then
+    redis.call(cmd, key('B:' .. blocked), blocker)
+    local n = (i - 3) / 2
+    changed[#changed + 1] = n
+    local friends = redis.call('SISMEMBER', key('f:' .. blocker), blocked) == 1
+    local reverse = redis.call('SISMEMBER', key('b:' .. blocked), blocker) == 1
+    local flips = friends and not reverse
+    if flips then effective[#effective + 1] = n end
+    if add then
+      if flips then entries[#entries + 1] = pair_entry('f', blocker, blocked) end
+      entries[#entries + 1] = entry('K', blocker, blocked)
+    else
+      entries[#entries + 1] = entry('k', blocker, blocked)
+      if flips then entries[#entries + 1] = pair_entry('F', blocker, blocked) end
+    end
+  end
+end
+local seq = publish(me, epoch, entries)
+return {epoch, changed, seq, effective}
 """
 
 # ARGV: prefix, me, epoch candidate, now_ms, ttl_ms, grace_ms, dead_after_ms.
@@ -264,6 +327,7 @@ SCRIPTS = {
         _script("flush", FLUSH),
         _script("claim", CLAIM),
         _script("friends", FRIENDS),
+        _script("blocks", BLOCKS),
         _script("retire", RETIRE),
     )
 }
@@ -310,4 +374,13 @@ class Keys:
         return self.k(f"own:{instance}")
 
     def friends(self, address: str) -> str:
+        """Stored friendships (blocked or not)."""
         return self.k(f"f:{address}")
+
+    def blocking(self, address: str) -> str:
+        """Whom the user blocks."""
+        return self.k(f"b:{address}")
+
+    def blocked_by(self, address: str) -> str:
+        """Who blocks the user."""
+        return self.k(f"B:{address}")

@@ -29,11 +29,16 @@ from redis.retry import Retry
 
 from presenced.model import Presence, PresenceLeave, PresenceOp, PresenceWrite
 from presenced.store.base import (
+    Block,
+    BlockChanged,
+    BlockLists,
     EventSink,
     Expired,
     Friendship,
     FriendshipChanged,
     FriendsSource,
+    GraphChanges,
+    StatusSink,
     StoreEvent,
     StoreStats,
     StoreUnavailable,
@@ -143,6 +148,9 @@ class RedisStore:
                                      backoff_min_s=config.backoff_min_s,
                                      backoff_max_s=config.backoff_max_s)
         self._source: FriendsSource | None = None
+        # Told of the online/offline transitions this instance's flushes and
+        # claims cause (each happens in exactly one script run cluster-wide).
+        self.on_status: StatusSink | None = None
 
         self._sink: EventSink | None = None
         self._listener: Listener | None = None
@@ -360,7 +368,8 @@ class RedisStore:
             self._batch = {}
             started = time.perf_counter()
             try:
-                epoch, orphaned, seq = await self._io(self._flush_sync, list(ops.values()))
+                epoch, orphaned, seq, online, offline = await self._io(
+                    self._flush_sync, list(ops.values()))
             except REDIS_ERRORS as e:
                 self._requeue(ops)
                 self._failed("flush", e)
@@ -387,12 +396,14 @@ class RedisStore:
                 # owners: tell it, as other instances are told by the 'G'.
                 self._feed.expired_here(orphaned)
                 self._emit([Expired(a) for _, addresses in orphaned for a in addresses])
+            self._report_status(online, True)
+            self._report_status(offline, False)
 
     def _flush_sync(
         self, ops: list[PresenceOp]
-    ) -> tuple[str, list[tuple[int, list[str]]], int]:
+    ) -> tuple[str, list[tuple[int, list[str]]], int, list[str], list[str]]:
         base: list[Any] = [self.keys.prefix, self.instance_id, _new_epoch(),
-                           self.dead_after_ms]
+                           self.dead_after_ms, b"1" if self.on_status is not None else b"0"]
         calls: list[list[Any]] = []
         args = list(base)
         for op in ops:
@@ -410,7 +421,19 @@ class RedisStore:
         results = self._eval_many(SCRIPTS["flush"], calls)
         orphaned = [(int(r[2]), [a.decode() for a in r[1]]) for r in results if r[1]]
         seq = max(int(r[2]) for r in results)
-        return results[-1][0].decode(), orphaned, seq
+        online = [a.decode() for r in results for a in r[3]]
+        offline = [a.decode() for r in results for a in r[4]]
+        return results[-1][0].decode(), orphaned, seq, online, offline
+
+    def _report_status(self, addresses: list[str], online: bool) -> None:
+        on_status = self.on_status
+        if on_status is None:
+            return
+        for address in addresses:
+            try:
+                on_status(address, online)
+            except Exception:
+                log.exception("reporting a presence transition failed")
 
     def _eval_many(self, script: Script, calls: list[list[Any]]) -> list[Any]:
         """Run `script` once per argument list, in one pipeline.
@@ -590,7 +613,7 @@ class RedisStore:
         log.warning("Redis lost its data (%s): putting back %d users and the friendships "
                     "of %d users in memory", lost, len(self._own), len(self._friends))
         await self._rewrite_own()
-        reseeded = await self._add_in_bulk(self._friends.pairs(), announce=False)
+        reseeded = await self._add_in_bulk("friends", self._friends.pairs(), announce=False)
         if reseeded:
             log.info("put back %d friendships Redis had lost", reseeded)
         if self._source is not None:
@@ -632,7 +655,7 @@ class RedisStore:
             tx.hgetall(k.seq)
             tx.get(k.epoch)
             for address in friends_of:
-                tx.smembers(k.friends(address))
+                tx.sdiff(k.friends(address), k.blocking(address), k.blocked_by(address))
             res = tx.execute()
             if res[0] == members:
                 break
@@ -724,7 +747,7 @@ class RedisStore:
             raise StoreUnavailable("Redis unavailable")
         mark = cache.begin_fetch()
         try:
-            members = await self._io(self._redis.smembers, self.keys.friends(address))
+            members = await self._io(self._effective_friends_sync, address)
         except REDIS_ERRORS as e:
             self._failed("read", e)
             raise StoreUnavailable(f"Redis unavailable: {e}") from e
@@ -735,67 +758,97 @@ class RedisStore:
         friends = {intern(m.decode()) for m in members}
         return frozenset(cache.store(address, friends, logged))
 
-    async def add_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        return await self._change_friendships(pairs, added=True)
+    def _effective_friends_sync(self, address: str) -> set[bytes]:
+        k = self.keys
+        # Stored friendships less blocks either way, in one command.
+        return self._redis.sdiff(k.friends(address), k.blocking(address),
+                                 k.blocked_by(address))
 
-    async def remove_friendships(self, pairs: Iterable[Friendship]) -> list[Friendship]:
-        return await self._change_friendships(pairs, added=False)
+    async def add_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
+        return await self._change_pairs("friends", pairs, added=True)
+
+    async def remove_friendships(self, pairs: Iterable[Friendship]) -> GraphChanges:
+        return await self._change_pairs("friends", pairs, added=False)
 
     async def load_friendships(self, pairs: Iterable[Friendship]) -> int:
-        return await self._add_in_bulk(pairs, announce=False)
+        return await self._add_in_bulk("friends", pairs, announce=False)
 
     def set_friends_source(self, source: FriendsSource | None) -> None:
         self._source = source
 
-    async def _add_in_bulk(self, pairs: Iterable[Friendship], *, announce: bool) -> int:
-        """Add friendships a pipeline at a time; `announce`: tell our own engine
-        about the new ones (a rebuild while sessions run; a reseed's come from
-        our memory, a start-up load's precede every session)."""
+    async def _add_in_bulk(
+        self, script: str, pairs: Iterable[tuple[str, str]], *, announce: bool
+    ) -> int:
+        """Add friendships or blocks a pipeline at a time; `announce`: tell our
+        own engine about what changed (a rebuild while sessions run; a
+        reseed's come from our memory, a start-up load's precede every
+        session)."""
         added = 0
-        chunk: list[Friendship] = []
+        chunk: list[tuple[str, str]] = []
         for pair in pairs:
             chunk.append(pair)
             if len(chunk) >= PAIRS_PER_LOAD:
-                added += len(await self._change_friendships(chunk, True, announce=announce))
+                changes = await self._change_pairs(script, chunk, True, announce=announce)
+                added += len(changes.changed)
                 chunk = []
         if chunk:
-            added += len(await self._change_friendships(chunk, True, announce=announce))
+            changes = await self._change_pairs(script, chunk, True, announce=announce)
+            added += len(changes.changed)
         return added
 
-    async def _change_friendships(
-        self, pairs: Iterable[Friendship], added: bool, *, announce: bool = False
-    ) -> list[Friendship]:
+    async def _change_pairs(
+        self, script: str, pairs: Iterable[tuple[str, str]], added: bool, *,
+        announce: bool = False,
+    ) -> GraphChanges:
+        """Add or remove friendships (`script` "friends") or blocks ("blocks")."""
         todo = [(a, b) for a, b in pairs if a != b]
         if not todo:
-            return []
+            return GraphChanges()
+        what = "friendships" if script == "friends" else "blocks"
         # Refused rather than queued while Redis is away: a queued change could
         # silently conflict with one made elsewhere meanwhile, and the caller
         # (the admin API) can tell its client to retry (503).
         if not self._health.calls_ok:
-            raise StoreUnavailable("Redis unavailable: friendships not changed")
+            raise StoreUnavailable(f"Redis unavailable: {what} not changed")
         try:
-            changed, epoch, seq = await self._io(self._friends_sync, todo, added)
+            changed, effective, epoch, seq = await self._io(
+                self._pairs_sync, script, todo, added)
         except REDIS_ERRORS as e:
             self._failed("friends", e)
             raise StoreUnavailable(
-                f"Redis unavailable: friendships may not have been changed ({e})") from e
+                f"Redis unavailable: {what} may not have been changed ({e})") from e
         self._succeeded()
         self._script_replied(epoch, seq)
-        result = []
-        events: list[StoreEvent] = []
+        result = GraphChanges()
+        flips = set(effective)
         for i in changed:
             a, b = todo[i]
-            ev = FriendshipChanged(a, b, added)
-            self._friends.apply(ev)
-            result.append(ordered_pair(a, b))
-            if announce:
-                events.append(ev)
-        self._emit(events)
+            if script == "friends":
+                result.changed.append(ordered_pair(a, b))
+                if i in flips:
+                    result.events.append(FriendshipChanged(*ordered_pair(a, b), added))
+                continue
+            result.changed.append((a, b))
+            # The same order as the script publishes (and MemoryStore returns).
+            edge = FriendshipChanged(*ordered_pair(a, b), not added)
+            if added:
+                if i in flips:
+                    result.events.append(edge)
+                result.events.append(BlockChanged(a, b, True))
+            else:
+                result.events.append(BlockChanged(a, b, False))
+                if i in flips:
+                    result.events.append(edge)
+        for ev in result.events:
+            if isinstance(ev, FriendshipChanged):
+                self._friends.apply(ev)
+        if announce:
+            self._emit(result.events)
         return result
 
-    def _friends_sync(
-        self, pairs: list[Friendship], added: bool
-    ) -> tuple[list[int], str, int]:
+    def _pairs_sync(
+        self, script: str, pairs: list[tuple[str, str]], added: bool
+    ) -> tuple[list[int], list[int], str, int]:
         base: list[Any] = [self.keys.prefix, self.instance_id, _new_epoch(),
                            "+" if added else "-"]
         calls = []
@@ -804,12 +857,62 @@ class RedisStore:
             for a, b in pairs[start : start + PAIRS_PER_SCRIPT]:
                 args += (a, b)
             calls.append(args)
-        results = self._eval_many(SCRIPTS["friends"], calls)
+        results = self._eval_many(SCRIPTS[script], calls)
         changed = [
             n * PAIRS_PER_SCRIPT + int(i) - 1 for n, r in enumerate(results) for i in r[1]
         ]
+        effective = [
+            n * PAIRS_PER_SCRIPT + int(i) - 1 for n, r in enumerate(results) for i in r[3]
+        ]
         seq = max(int(r[2]) for r in results)
-        return changed, results[-1][0].decode(), seq
+        return changed, effective, results[-1][0].decode(), seq
+
+    # ------------------------------------------------------------------ blocks
+
+    async def add_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        return await self._change_pairs("blocks", pairs, added=True)
+
+    async def remove_blocks(self, pairs: Iterable[Block]) -> GraphChanges:
+        return await self._change_pairs("blocks", pairs, added=False)
+
+    async def load_blocks(self, pairs: Iterable[Block]) -> int:
+        return await self._add_in_bulk("blocks", pairs, announce=False)
+
+    async def block_status(self, a: str, b: str) -> tuple[bool, bool]:
+        k = self.keys
+
+        def read() -> tuple[bool, bool]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sismember(k.blocking(a), b)
+            pipe.sismember(k.blocking(b), a)
+            a_blocks, b_blocks = pipe.execute()
+            return bool(a_blocks), bool(b_blocks)
+
+        return await self._read(read)
+
+    async def blocks_of(self, address: str) -> BlockLists:
+        k = self.keys
+
+        def read() -> BlockLists:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.smembers(k.blocking(address))
+            pipe.smembers(k.blocked_by(address))
+            blocking, blocked_by = pipe.execute()
+            return BlockLists(frozenset(intern(m.decode()) for m in blocking),
+                              frozenset(intern(m.decode()) for m in blocked_by))
+
+        return await self._read(read)
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        if not self._health.calls_ok:
+            raise StoreUnavailable("Redis unavailable")
+        try:
+            result = await self._io(fn)
+        except REDIS_ERRORS as e:
+            self._failed("read", e)
+            raise StoreUnavailable(f"Redis unavailable: {e}") from e
+        self._succeeded()
+        return result
 
     async def _rebuilder(self) -> None:
         """Reload the friends source after Redis lost its data."""
@@ -821,8 +924,11 @@ class RedisStore:
                 source = self._source
                 try:
                     added = 0
+                    # Blocks first: a friendship under a block must not show.
+                    async for blocks in source.block_batches():
+                        await self._add_in_bulk("blocks", blocks, announce=True)
                     async for batch in source.batches():
-                        added += await self._add_in_bulk(batch, announce=True)
+                        added += await self._add_in_bulk("friends", batch, announce=True)
                 except StoreUnavailable as e:
                     log.debug("rebuilding friendships from the %s: %s", source.name, e)
                     await trio.sleep(self._health.retry_delay or self.config.backoff_min_s)
@@ -870,7 +976,9 @@ class RedisStore:
         self._succeeded()
         self._script_replied(epoch, seq)
         self._feed.expired_here(claimed)
-        return [a for _, addresses in claimed for a in addresses]
+        expired = [a for _, addresses in claimed for a in addresses]
+        self._report_status(expired, False)
+        return expired
 
     def _claim_sync(
         self, now_ms: int, ttl_ms: int
