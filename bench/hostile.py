@@ -199,7 +199,7 @@ class Raw:
         return taken
 
     async def login_and_port(self, who: Identity) -> int:
-        await self.send(login_frame(who, int(time.time() * 1000)).encode())
+        await self.send(login_frame(who, who.login_timestamp_ms()).encode())
         await self.read(1)
         await self.send(encode_create_port(1, "attacker"))
         (created,) = await self.read(1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import ssl
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -265,7 +264,7 @@ class PresenceClient:
         `open_websocket`).
         """
         if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
+            timestamp_ms = identity.login_timestamp_ms()
         try:
             async with open_websocket(
                 url, connect_timeout=connect_timeout, local_address=local_address

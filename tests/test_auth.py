@@ -9,6 +9,7 @@ from presenced.auth import (
     AUTH_FAILURE_REASONS,
     AuthError,
     Identity,
+    SeenLogins,
     VerifiedLinks,
     address_of_private_key,
     ephemeral_message,
@@ -20,6 +21,7 @@ from presenced.auth import (
     to_checksum_address,
     verify_auth_chain,
     verify_login,
+    verify_login_once,
 )
 
 # Test vector produced by the real @dcl/crypto (deterministic RFC 6979 signatures).
@@ -441,3 +443,98 @@ def test_the_memory_of_verified_links_is_bounded() -> None:
     assert links.verified(VerifiedLinks.key("0xa", "message 4", "0xsig"), NOW)
     # Lone surrogates (JSON escapes in a payload) make a key too.
     VerifiedLinks.key("0xa", "\ud800", "0xsig")
+
+
+# --- login replay: a frame opens one session ---
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def once(frame: object, seen: SeenLogins, now_ms: int = NOW) -> str:
+    return verify_login_once(frame, now_ms=now_ms, seen_logins=seen).address  # type: ignore[arg-type]
+
+
+def refused_once(frame: object, seen: SeenLogins, now_ms: int = NOW) -> str:
+    with pytest.raises(AuthError) as info:
+        verify_login_once(frame, now_ms=now_ms, seen_logins=seen)  # type: ignore[arg-type]
+    return info.value.reason
+
+
+def test_a_login_frame_is_accepted_once(vector: Identity) -> None:
+    seen = SeenLogins()
+    frame = login_frame(vector, TS)
+    assert once(frame, seen) == OWNER.lower()
+    assert refused_once(frame, seen, NOW + 60_000) == "replayed"
+    assert refused_once(frame.encode(), seen) == "replayed"
+    # The next login of the same client signs another timestamp: accepted.
+    assert once(login_frame(vector, TS + 1), seen) == OWNER.lower()
+    assert len(seen) == 2
+
+
+def test_a_replay_cannot_vary_what_was_not_signed(vector: Identity) -> None:
+    seen = SeenLogins()
+    headers = headers_of(vector)
+    once(frame_of(headers), seen)
+    last = json.loads(headers["x-identity-auth-chain-2"])
+    signature = last["signature"]
+    # Upper-case hex, CRLF in the ephemeral message, the SIGNER in another case: each still
+    # verifies (or is refused for its signature), and none is a new frame.
+    variants = [
+        set_link(headers, 2, signature="0x" + signature[2:].upper()),
+        set_link(headers, 1, payload=vector.auth_chain[1]["payload"].replace("\n", "\r\n")),
+        set_link(headers, 0, payload=OWNER.lower()),
+    ]
+    # The other valid ECDSA signature of the same payload: (r, n - s) with v flipped.
+    raw = bytes.fromhex(signature[2:])
+    r, s, v = raw[:32], int.from_bytes(raw[32:64], "big"), raw[64]
+    flipped = r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([27 + 28 - v])
+    variants.append(set_link(headers, 2, signature="0x" + flipped.hex()))
+    for variant in variants:
+        assert refused_once(frame_of(variant), seen) in ("replayed", "bad-signature")
+    assert len(seen) == 1
+
+
+def test_a_forged_frame_is_not_remembered(vector: Identity) -> None:
+    seen = SeenLogins()
+    forged = set_link(headers_of(vector), 2,
+                      signature=sign_personal_message(bytes([0x33]) * 32, f"get:/:{TS}:{{}}"))
+    refused_once(frame_of(forged), seen)
+    assert len(seen) == 0
+    assert refused_once(login_frame(vector, TS - 400_000), seen) == "timestamp-out-of-window"
+    assert len(seen) == 0
+
+
+def test_a_seen_login_is_forgotten_when_its_window_closes() -> None:
+    seen = SeenLogins()
+    assert seen.first_use(b"a", expires_ms=1_000, now_ms=0)
+    assert seen.first_use(b"b", expires_ms=2_000, now_ms=10)
+    assert not seen.first_use(b"a", expires_ms=1_000, now_ms=999)
+    # Expired entries leave from the front as new logins arrive.
+    assert seen.first_use(b"c", expires_ms=3_000, now_ms=1_500)
+    assert len(seen) == 2
+    assert seen.first_use(b"a", expires_ms=4_000, now_ms=1_500)
+
+
+def test_the_memory_of_seen_logins_is_bounded() -> None:
+    seen = SeenLogins(3)
+    for i in range(5):
+        assert seen.first_use(bytes([i]), expires_ms=NOW + 1000, now_ms=NOW)
+    assert len(seen) == 3 and seen.evicted == 2
+    assert not seen.first_use(bytes([4]), expires_ms=NOW + 1000, now_ms=NOW)
+
+
+def test_the_window_of_a_seen_login_is_that_of_its_timestamp(vector: Identity) -> None:
+    seen = SeenLogins()
+    frame = login_frame(vector, TS)
+    once(frame, seen, NOW)
+    # The last moment the timestamp is in the window, the frame is still a replay; after it,
+    # the window refuses it anyway.
+    assert refused_once(frame, seen, TS + 300_000) == "replayed"
+    assert refused_once(frame, seen, TS + 300_001) == "timestamp-out-of-window"
+
+
+def test_an_identity_signs_a_new_timestamp_for_every_login(vector: Identity) -> None:
+    identity = Identity.from_keys(OWNER_KEY, EPHEMERAL_KEY, EXPIRATION)
+    stamps = [identity.login_timestamp_ms() for _ in range(1000)]
+    assert stamps == sorted(set(stamps))
+    assert abs(stamps[0] - time.time() * 1000) < 60_000

@@ -410,3 +410,25 @@ def test_a_malformed_friends_file_with_redis_is_one_line_and_exit_2(redis_server
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     # Nothing was loaded.
     assert friend_set(redis_server, FRIEND) == set()
+
+
+async def test_a_login_replayed_on_another_instance_is_closed(redis_server):
+    """The same signed headers on two instances: the second session is closed with 3003."""
+    async with daemons(redis_server.url, 2) as (one, two):
+        stamp = BOB.login_timestamp_ms()
+        async with PresenceClient.connect(one.url, BOB, timestamp_ms=stamp) as first:
+            with pytest.raises(ConnectionEnded) as ended:
+                # Accepted at first (a login never waits for Redis), closed once the second
+                # instance's claim of the frame finds the first one's.
+                async with PresenceClient.connect(two.url, BOB, timestamp_ms=stamp) as replay:
+                    with trio.fail_after(10):
+                        async with replay.subscribe() as sub:
+                            async for _ in sub:
+                                pass
+            assert ended.value.code == 3003
+            assert "another instance" in (ended.value.reason or "")
+            # The first session is untouched, and a fresh login works on either instance.
+            await first.heartbeat("home", 0, 0)
+            async with PresenceClient.connect(two.url, BOB) as again:
+                await again.heartbeat("home", 1, 1)
+        await wait_log(two, "(replayed)")

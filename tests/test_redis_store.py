@@ -762,3 +762,32 @@ async def test_start_tolerates_config_being_disabled(nursery, caplog):
         await store.aclose()
     assert "cannot tell whether Redis keeps its data on disk" in caplog.text
     assert "Redis keeps nothing on disk" not in caplog.text
+
+
+# ---------------------------------------------------------------- login claims
+
+
+async def test_a_login_claimed_by_one_instance_is_refused_by_the_others(cluster, redis_server):
+    a, _ = await cluster("a", backoff_max_s=0.2)
+    b, _ = await cluster("b", backoff_max_s=0.2)
+    expires = int(time.time() * 1000) + 60_000
+    refused: list[str] = []
+    a.claim_login(b"frame-1", expires, lambda: refused.append("a"))
+    await wait_until(lambda: redis_server.client().exists(a.keys.login(b"frame-1")))
+    b.claim_login(b"frame-1", expires, lambda: refused.append("b"))
+    b.claim_login(b"frame-2", expires, lambda: refused.append("b2"))
+    await wait_until(lambda: refused == ["b"] and redis_server.client().exists(
+        b.keys.login(b"frame-2")))
+    # The claim lasts as long as the frame's window.
+    ttl = redis_server.client().pttl(a.keys.login(b"frame-1"))
+    assert 50_000 < ttl <= 60_000
+
+    # While Redis is away the claims wait (bounded), and are checked when it is back.
+    redis_server.kill()
+    await wait_until(lambda: not a.healthy, timeout=10)
+    a.claim_login(b"frame-3", expires, lambda: refused.append("a3"))
+    b.claim_login(b"frame-3", expires, lambda: refused.append("b3"))
+    redis_server.restart()
+    await wait_until(lambda: a.healthy and b.healthy, timeout=10)
+    await wait_until(lambda: len(refused) == 2, timeout=10)
+    assert refused[1] in ("a3", "b3")

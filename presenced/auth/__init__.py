@@ -7,9 +7,13 @@ Pure functions: no I/O, no trio. The format is that of Decentraland's signed fet
 from presenced.auth.authchain import (
     AUTH_FAILURE_REASONS,
     AuthError,
+    SeenLogins,
     VerifiedLinks,
+    VerifiedLogin,
     verify_auth_chain,
     verify_login,
+    verify_login_frame,
+    verify_login_once,
 )
 from presenced.auth.eth import (
     address_of_private_key,
@@ -25,7 +29,9 @@ __all__ = [
     "AUTH_FAILURE_REASONS",
     "AuthError",
     "Identity",
+    "SeenLogins",
     "VerifiedLinks",
+    "VerifiedLogin",
     "address_of_private_key",
     "ephemeral_message",
     "keccak256",
@@ -37,4 +43,6 @@ __all__ = [
     "to_checksum_address",
     "verify_auth_chain",
     "verify_login",
+    "verify_login_frame",
+    "verify_login_once",
 ]

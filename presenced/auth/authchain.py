@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from presenced.auth.eth import is_address, recover_personal_signer
 
@@ -37,6 +37,7 @@ AUTH_FAILURE_REASONS: tuple[str, ...] = (
     "timestamp-out-of-window",  # timestamp too far in the past or future
     "bad-metadata",  # x-identity-metadata is not JSON of an object
     "forbidden-signer",  # metadata.signer is a signer this service refuses
+    "replayed",  # these signed headers already opened a session (login replay)
 )
 
 # Real clients send 2 or 3 links; the cap bounds the signature recoveries one frame can cost us.
@@ -115,13 +116,104 @@ class VerifiedLinks:
         entries[key] = expires_ms
 
 
+class VerifiedLogin(NamedTuple):
+    """A login frame that verified: who it is, and what makes this frame single-use.
+
+    `replay_key` names the frame (a 128-bit BLAKE2b digest of the signed
+    `get:/:<timestamp>:<metadata>` payload and the key that signed it; a client signs a fresh
+    timestamp for every connection);
+    `expires_ms` is when its timestamp leaves the window, after which the frame is refused
+    anyway and need no longer be remembered.
+    """
+
+    address: str
+    replay_key: bytes
+    expires_ms: int
+
+
+class SeenLogins:
+    """Login frames already accepted, each until its timestamp leaves the window.
+
+    The same signed headers presented twice open two sessions at the most once: the second
+    use is a replay (a captured frame, a proxy log) and is refused. Entries expire with their
+    frame's window (5 minutes by default), so the table holds one entry per login in the last
+    window; at `max_entries` the oldest goes first and `evicted` counts it (such a frame could
+    then be replayed until its window closes). Pure: the caller passes the time.
+    """
+
+    __slots__ = ("max_entries", "evicted", "_entries")
+
+    def __init__(self, max_entries: int = 500_000) -> None:
+        self.max_entries = max_entries
+        self.evicted = 0
+        self._entries: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def first_use(self, key: bytes, expires_ms: int, now_ms: int) -> bool:
+        """Remember `key` until `expires_ms`; False if it is remembered already."""
+        entries = self._entries
+        known = entries.get(key)
+        if known is not None and known > now_ms:
+            return False
+        # Insertion order is close to expiry order (every entry lives one window from its
+        # timestamp): expired entries leave from the front, each once, O(1) per login.
+        while entries:
+            oldest = next(iter(entries))
+            if entries[oldest] > now_ms:
+                break
+            del entries[oldest]
+        while len(entries) >= self.max_entries:
+            del entries[next(iter(entries))]
+            self.evicted += 1
+        entries[key] = expires_ms
+        return True
+
+
+def replay_key(key_link: str, payload: str) -> bytes:
+    """The key under which a login frame is remembered: the signed payload and its signer.
+
+    Not the signature: an ECDSA signature has a second valid form (s and n - s), and hex
+    accepts either case, so a replayer could vary the signature of the same frame.
+    `key_link` is the payload of the link before the last (the ephemeral key's message, or
+    the owner's address), which names the key that signed `payload`.
+    """
+    # Lower case and without CR: a SIGNER address may be spelled in either case and the
+    # verifier strips CR from the ephemeral message, so neither may make a second key.
+    text = f"{key_link.replace(chr(13), '').lower()}\n{payload}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def verify_login(frame: bytes | str, *, now_ms: int, window_ms: int = 300_000,
                  verified_links: VerifiedLinks | None = None) -> str:
     """Verify the first WebSocket frame of a connection; return the lower-case owner address.
 
     `verified_links` remembers ephemeral links verified before, so that a client reusing its
-    ephemeral key costs one signature recovery, not two.
+    ephemeral key costs one signature recovery, not two. Replays are not checked here: see
+    `verify_login_once`.
     """
+    return verify_login_frame(frame, now_ms=now_ms, window_ms=window_ms,
+                              verified_links=verified_links).address
+
+
+def verify_login_once(frame: bytes | str, *, now_ms: int, seen_logins: SeenLogins,
+                      window_ms: int = 300_000,
+                      verified_links: VerifiedLinks | None = None) -> VerifiedLogin:
+    """`verify_login_frame`, then refuse ("replayed") a frame `seen_logins` accepted before.
+
+    The check follows the signature check, so a forged frame cannot fill the table.
+    """
+    login = verify_login_frame(frame, now_ms=now_ms, window_ms=window_ms,
+                               verified_links=verified_links)
+    if not seen_logins.first_use(login.replay_key, login.expires_ms, now_ms):
+        raise AuthError("replayed", "these signed headers were used for a login already")
+    return login
+
+
+def verify_login_frame(frame: bytes | str, *, now_ms: int, window_ms: int = 300_000,
+                       verified_links: VerifiedLinks | None = None) -> VerifiedLogin:
+    """Verify a login frame; return the owner with the frame's replay key and expiry."""
     headers = _parse_frame(frame)
     links = _chain_from_headers(headers)
 
@@ -132,7 +224,7 @@ def verify_login(frame: bytes | str, *, now_ms: int, window_ms: int = 300_000,
 
     raw_timestamp = headers.get(TIMESTAMP_HEADER)
     timestamp = _parse_timestamp(raw_timestamp)
-    # Cheap checks go before the chain walk so stale or replayed frames cost no EC recovery.
+    # Cheap checks go before the chain walk so stale frames cost no EC recovery.
     if timestamp < now_ms - window_ms or timestamp > now_ms + window_ms:
         raise AuthError(
             "timestamp-out-of-window",
@@ -141,7 +233,10 @@ def verify_login(frame: bytes | str, *, now_ms: int, window_ms: int = 300_000,
 
     # Raw header strings, not re-serialised values: the client signed exactly these characters.
     expected_payload = f"get:/:{raw_timestamp}:{raw_metadata}"
-    return verify_auth_chain(links, expected_payload, now_ms, verified_links)
+    address = verify_auth_chain(links, expected_payload, now_ms, verified_links)
+    # The chain verified: it has at least two links, and the last signs `expected_payload`.
+    key = replay_key(str(links[-2].get("payload", "")), expected_payload)
+    return VerifiedLogin(address, key, timestamp + window_ms + 1)
 
 
 def verify_auth_chain(links: list[dict], expected_payload: str, now_ms: int,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import random
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from presenced.auth.authchain import (
@@ -41,6 +42,20 @@ class Identity:
     ephemeral_address: str
     expiration: datetime
     auth_chain: tuple[dict[str, str], ...]
+    # The last login timestamp this identity signed (see `login_timestamp_ms`).
+    _last_login_ms: list[int] = field(default_factory=lambda: [0], init=False, repr=False,
+                                      compare=False)
+
+    def login_timestamp_ms(self) -> int:
+        """The wall clock in ms for a new login, later than any this identity signed before.
+
+        A server refuses a login frame it has seen (a replay), and two connections opened in
+        the same millisecond would sign the same frame: each gets a timestamp of its own.
+        """
+        last = self._last_login_ms
+        now = max(int(time.time() * 1000), last[0] + 1)
+        last[0] = now
+        return now
 
     @property
     def address(self) -> str:

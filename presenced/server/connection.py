@@ -6,8 +6,10 @@ done, `on_message` for each message, `on_pong`, and `on_closed` once at the end.
 message means in each phase, and why a connection ended, is decided by
 `presenced.server.lifecycle` (pure); this module does the I/O around it:
 
-- **login**: the first message is verified at once, synchronously (`verify_login`, with the
-  hub's cache of verified ephemeral links). The friend set comes from the store's cache
+- **login**: the first message is verified at once, synchronously (`verify_login_once`, with
+  the hub's cache of verified ephemeral links and its table of logins seen, which refuses a
+  replayed frame; the store then claims the frame cluster-wide and closes this connection
+  if another instance accepted it first). The friend set comes from the store's cache
   without waiting when it is there (always, for the embedded store), else from a short task
   (Redis); messages sent right behind the login (Unity does) are held until the session
   starts. The login deadline and the per-address limits are the hub's (one deadline heap
@@ -36,7 +38,7 @@ from sys import intern
 
 import trio
 
-from presenced.auth import AuthError, verify_login
+from presenced.auth import AuthError, verify_login_once
 from presenced.closes import Close
 from presenced.server.hub import Hub
 from presenced.server.lifecycle import (
@@ -158,13 +160,16 @@ class Connection:
         hub = self.hub
         config = hub.config
         try:
-            address = verify_login(frame, now_ms=hub.now_ms(), window_ms=config.auth_window_ms,
-                                   verified_links=hub.verified_links)
+            login = verify_login_once(frame, now_ms=hub.now_ms(), window_ms=config.auth_window_ms,
+                                      verified_links=hub.verified_links,
+                                      seen_logins=hub.seen_logins)
         except AuthError as e:
-            hub.metrics.logins["failed", e.reason] += 1
-            log.info("login refused from %s: %s (%s)", self.peer, e.message, e.reason)
-            self.kill(Close.UNAUTHORIZED, e.message)
+            self._refuse_login(e)
             return
+        # Other instances may have seen this frame: the shared store checks, after the fact
+        # (a login never waits for Redis), and closes this connection if one did.
+        hub.store.claim_login(login.replay_key, login.expires_ms, self._replayed_elsewhere)
+        address = login.address
         if hub.admission.full():
             self.kill(Close.FULL)
             return
@@ -176,6 +181,17 @@ class Connection:
             self._establish(friends)
         else:
             self.spawn(self._load_friends)
+
+    def _refuse_login(self, e: AuthError) -> None:
+        self.hub.metrics.logins["failed", e.reason] += 1
+        log.info("login refused from %s: %s (%s)", self.peer, e.message, e.reason)
+        self.kill(Close.UNAUTHORIZED, e.message)
+
+    def _replayed_elsewhere(self) -> None:
+        """The store found this login frame accepted by another instance first."""
+        if self.phase is not _ENDED:
+            self._refuse_login(AuthError(
+                "replayed", "these signed headers were used for a login on another instance"))
 
     async def _load_friends(self) -> None:
         address = self.address

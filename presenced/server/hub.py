@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from presenced.auth import VerifiedLinks
+from presenced.auth import SeenLogins, VerifiedLinks
 from presenced.closes import Close
 from presenced.engine import PresenceEngine
 from presenced.graph.source import FriendsDatabase
@@ -46,15 +46,12 @@ from presenced.store.base import (
     Store,
     StoreEvent,
 )
+from presenced.supervise import run_forever
 
 if TYPE_CHECKING:
     from presenced.model import Position
 
 log = logging.getLogger("presenced.hub")
-
-# Pause before a failed background task runs again, doubling while it keeps failing.
-RESTART_DELAY_MIN_S = 0.1
-RESTART_DELAY_MAX_S = 30.0
 
 # Users expired per step of the ticker and the sweeper. One expiry costs about
 # 16 µs with 20 friends (bench/suite/sweep.py), so a step blocks the event
@@ -67,6 +64,9 @@ DEADLINE_SLACK_S = 0.25
 # Verified ephemeral links remembered (presenced.auth.VerifiedLinks): one per user who logged
 # in lately, about 200 bytes each.
 VERIFIED_LINKS = 100_000
+# One entry (about 150 bytes) per login in the last auth window: 500,000 is 1,600 logins a
+# second for 5 minutes, above what one process can verify.
+SEEN_LOGINS = 500_000
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
@@ -131,6 +131,9 @@ class Hub:
         # Owners' signatures over ephemeral keys already verified: a reconnect with the same
         # ephemeral key (clients keep theirs for hours to days) skips half the ECDSA work.
         self.verified_links = VerifiedLinks(VERIFIED_LINKS)
+        # Login frames accepted in the last auth window: the same signed headers are good for
+        # one session, a replay is refused (docs/security.md).
+        self.seen_logins = SeenLogins(SEEN_LOGINS)
         # Runs a task for a connection (writers, closing timers, store reads) in the server's
         # connection nursery, its errors contained; set by the server when it listens.
         self.spawn: Spawn = _not_serving
@@ -142,7 +145,9 @@ class Hub:
         # Idle connections are pinged often enough that a live one can never
         # reach the TTL, whatever --ping-interval says.
         self.ping_interval_s = min(config.ping_interval_s, config.engine.ttl_ms / 4000)
-        # Started (the store loaded), and shutting down: what /readyz reports.
+        # Ready: the store loaded, the friends and blocks files read and the WebSocket port
+        # listening (set by the server, presenced.server.app); shutting down: what /readyz
+        # reports. The admin API answers only once ready.
         self.ready = False
         self.stopping = False
         self.listen_port = 0
@@ -188,29 +193,15 @@ class Hub:
             nursery.start_soon(self._supervised, "login-deadlines", self._login_deadlines)
             if self.services.profiles is not None:
                 nursery.start_soon(self._supervised, "profiles", self.services.profiles.run)
-            self.ready = True
             task_status.started()
 
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run a background loop forever: a bug in one pass must not end the server.
+        """Run a background loop for good (presenced.supervise): a bug in one pass is logged,
+        counted in `presenced_background_task_failures_total{task}`, and the loop restarted."""
+        await run_forever(name, loop, on_failure=self._task_failed, log=log)
 
-        The failure is logged with its traceback and counted, and the loop starts again after
-        a pause that grows while it keeps failing (so a persistent bug costs little).
-        """
-        delay = RESTART_DELAY_MIN_S
-        while True:
-            started = trio.current_time()
-            try:
-                await loop()
-            except Exception:
-                self.metrics.task_failures[name] += 1
-                log.exception("background task %s failed; restarting it in %.1f s", name, delay)
-            else:
-                return
-            if trio.current_time() - started > RESTART_DELAY_MAX_S:
-                delay = RESTART_DELAY_MIN_S  # it had been running fine
-            await trio.sleep(delay)
-            delay = min(delay * 2, RESTART_DELAY_MAX_S)
+    def _task_failed(self, name: str) -> None:
+        self.metrics.task_failures[name] += 1
 
     async def _run_store(self, *, task_status: trio.TaskStatus[None]) -> None:
         await self.store.run(self._apply_store_events, task_status=task_status)

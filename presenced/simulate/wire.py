@@ -167,7 +167,7 @@ class WireClient:
                 raise HandshakeError(client._closed.reason)
             async with trio.open_nursery() as nursery:
                 client._nursery = nursery
-                transport.send_text(login_frame(identity, int(time.time() * 1000)))
+                transport.send_text(login_frame(identity, identity.login_timestamp_ms()))
                 with trio.fail_after(connect_timeout):
                     await client._ready.wait()
                     if client._closed is not None:

@@ -132,7 +132,8 @@ class StoreStats:
 
     shared: bool = False
     # Failed calls to the shared store, by kind (`flush`, `listener` (the
-    # change feed dropped), `resync`, `read`, `claim`, `friends`, `audit`;
+    # change feed dropped), `resync`, `read`, `claim`, `friends`, `audit`,
+    # `login-claim` (`login-claim-dropped`: claims dropped while Redis was away);
     # `internal` counts bugs caught so that they cannot stop the daemon).
     errors: Counter[str] = field(default_factory=Counter)
     # Times the store went from healthy to unhealthy.
@@ -264,6 +265,16 @@ class Store(Protocol):
 
     async def online_snapshot(self) -> list[tuple[Presence, frozenset[str]]]:
         """Everyone online, with the ids of the instances vouching for them."""
+        ...
+
+    def claim_login(self, key: bytes, expires_ms: int, on_refused: Callable[[], None]) -> None:
+        """Claim a login frame (its replay key) for this instance until `expires_ms` (wall ms).
+
+        The instance has accepted the frame already (`presenced.auth.SeenLogins` refuses a
+        replay it saw itself). A shared store checks, soon and without the caller waiting,
+        that no other instance claimed the same key, and calls `on_refused` (on the trio
+        thread) if one did; the embedded store, alone, has nothing to check.
+        """
         ...
 
     async def claim_expired(self, now_ms: int, ttl_ms: int) -> list[str]:

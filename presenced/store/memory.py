@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -228,6 +228,10 @@ class MemoryStore:
     async def online_snapshot(self) -> list[tuple[Presence, frozenset[str]]]:
         me = frozenset((self.instance_id,))
         return [(p, me) for p in self._presence.values()]
+
+    def claim_login(self, key: bytes, expires_ms: int, on_refused: Callable[[], None]) -> None:
+        # One instance: the hub's SeenLogins has checked everything there is to check.
+        pass
 
     async def claim_expired(self, now_ms: int, ttl_ms: int) -> list[str]:
         cutoff = now_ms - ttl_ms

@@ -384,3 +384,7 @@ class Keys:
     def blocked_by(self, address: str) -> str:
         """Who blocks the user."""
         return self.k(f"B:{address}")
+
+    def login(self, replay_key: bytes) -> str:
+        """A login frame accepted by some instance (presenced.auth.replay_key), until it expires."""
+        return self.k(f"login:{replay_key.hex()}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from sys import intern
 from typing import Any, TypeVar
 
@@ -51,6 +51,7 @@ from presenced.store.redis_config import RedisStoreConfig
 from presenced.store.redis_feed import AuditStep, FeedTracker, Records, Snapshot
 from presenced.store.redis_health import Health, HealthMachine, persistence_problem
 from presenced.store.redis_scripts import SCRIPTS, Keys, Script
+from presenced.supervise import run_forever
 
 log = logging.getLogger("presenced.store.redis")
 
@@ -59,6 +60,8 @@ T = TypeVar("T")
 # What a failed Redis call can raise (OSError: a socket error redis-py did
 # not wrap, e.g. while closing).
 REDIS_ERRORS = (redis.RedisError, OSError)
+# Login claims waiting for Redis (about 100 bytes each); past this, half are dropped.
+MAX_PENDING_LOGIN_CLAIMS = 100_000
 
 # Presence ops per script call: bounds how long one call holds Redis (a few
 # ms) and the size of one change message (~65 KB). At most 4000: the script
@@ -166,6 +169,8 @@ class RedisStore:
         # instance vouches for (to put back into a Redis that lost it).
         self._batch: dict[str, PresenceOp] = {}
         self._own: dict[str, Presence] = {}
+        # Login frames this instance accepted, to claim in Redis at the next flush.
+        self._login_claims: list[tuple[bytes, int, Callable[[], None]]] = []
         self._flush_lock = trio.Lock()
 
     # ------------------------------------------------------------------ health
@@ -224,19 +229,27 @@ class RedisStore:
         self._listener.start()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._resync_loop)
-                nursery.start_soon(self._flusher)
+                nursery.start_soon(self._guarded, "resync", self._resync_loop)
+                nursery.start_soon(self._guarded, "flusher", self._flusher)
                 # Subscribed, then a full picture: only then may the hub take
                 # connections (it opens its listener after `started`).
                 await self._synced.wait()
                 await self._check_persistence()
                 self._started = True
                 self._health.started()
-                nursery.start_soon(self._auditor)
-                nursery.start_soon(self._rebuilder)
+                nursery.start_soon(self._guarded, "auditor", self._auditor)
+                nursery.start_soon(self._guarded, "rebuilder", self._rebuilder)
                 task_status.started()
         finally:
             self._listener.stop()
+
+    async def _guarded(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        # A bug in a pass of one of the store's loops must not end the store, and with it the
+        # daemon: logged, counted as `internal`, and the loop runs again.
+        await run_forever(f"redis-{name}", loop, on_failure=self._loop_failed, log=log)
+
+    def _loop_failed(self, name: str) -> None:
+        self._stats.errors["internal"] += 1
 
     async def aclose(self, *, leave: bool = True) -> None:
         """Flush, hand our users to the sweep, stop the listener, close sockets.
@@ -344,6 +357,50 @@ class RedisStore:
         change_waiting = self._change_waiting
         if not change_waiting.is_set():
             change_waiting.set()
+
+    # ----------------------------------------------------------- login claims
+
+    def claim_login(self, key: bytes, expires_ms: int, on_refused: Callable[[], None]) -> None:
+        claims = self._login_claims
+        if len(claims) >= MAX_PENDING_LOGIN_CLAIMS:
+            # Redis has been away for a while: the oldest claims go unchecked (each is still
+            # single-use on the instance that accepted it).
+            del claims[: len(claims) // 2]
+            self._stats.errors["login-claim-dropped"] += 1
+        claims.append((key, expires_ms, on_refused))
+        change_waiting = self._change_waiting
+        if not change_waiting.is_set():
+            change_waiting.set()
+
+    async def _claim_logins(self) -> None:
+        claims = self._login_claims
+        self._login_claims = []
+        try:
+            refused = await self._io(self._claim_logins_sync, [(k, e) for k, e, _ in claims])
+        except REDIS_ERRORS as e:
+            # Kept for the next flush; a claim whose frame has expired is dropped then.
+            self._login_claims[:0] = claims
+            self._failed("login-claim", e)
+            return
+        for index in refused:
+            try:
+                claims[index][2]()
+            except Exception:
+                log.exception("closing a replayed login failed")
+
+    def _claim_logins_sync(self, claims: list[tuple[bytes, int]]) -> list[int]:
+        """SET NX each live claim; return the indices of those another instance holds."""
+        now_ms = int(time.time() * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        sent: list[int] = []
+        for index, (key, expires_ms) in enumerate(claims):
+            if expires_ms > now_ms:
+                pipe.set(self.keys.login(key), self.instance_id, nx=True, px=expires_ms - now_ms)
+                sent.append(index)
+        if not sent:
+            return []
+        replies = pipe.execute()
+        return [index for index, ok in zip(sent, replies, strict=True) if not ok]
 
     def _requeue(self, ops: dict[str, PresenceOp]) -> None:
         """Put back a batch that failed, under anything written since."""
@@ -489,6 +546,8 @@ class RedisStore:
             self._change_waiting = trio.Event()
             now = last_flush = trio.current_time()
             beacon = now >= next_beacon or not health.calls_ok
+            if self._login_claims:
+                await self._claim_logins()
             if not self._batch and not beacon:
                 continue
             try:

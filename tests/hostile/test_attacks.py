@@ -264,8 +264,6 @@ async def test_forged_expired_and_stale_logins(nursery):
         assert srv.hub.engine.session_count == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 5 (login replay) is another engineer's: "
-                                       "a reused signature must be refused with 3003")
 async def test_replayed_login_headers(nursery):
     async with hostile_server(nursery) as srv, Canary.start(srv) as canary:
         frame = login_frame(canary.me, int(time.time() * 1000))
