@@ -47,6 +47,7 @@ async def app(nursery):
     store = FlakyStore()
     hub = Hub(ServerConfig(), store)
     await nursery.start(hub.run)
+    hub.ready = True  # as the server sets it once it listens
     transport = httpx.ASGITransport(app=create_app(hub))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client, hub, store
@@ -115,6 +116,7 @@ async def test_store_metrics_are_exported_when_the_store_has_them(app):
 async def test_metrics_without_store_metrics(nursery):
     hub = Hub(ServerConfig(), MemoryStore())
     await nursery.start(hub.run)
+    hub.ready = True  # as the server sets it once it listens
     transport = httpx.ASGITransport(app=create_app(hub))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         text = (await client.get("/metrics")).text
@@ -143,3 +145,19 @@ def test_admin_config_problem():
     assert admin_config_problem(ServerConfig(admin_host="0.0.0.0", admin_token="t")) is None
     problem = admin_config_problem(ServerConfig(admin_host="0.0.0.0"))
     assert problem is not None and "PRESENCED_ADMIN_TOKEN" in problem
+
+
+async def test_ready_metric_says_what_readyz_says(app):
+    client, hub, store = app
+
+    async def ready_metric() -> str:
+        text = (await client.get("/metrics")).text
+        return next(line for line in text.splitlines() if line.startswith("presenced_ready "))
+
+    assert await ready_metric() == "presenced_ready 1.0"
+    hub.stopping = True
+    assert (await client.get("/readyz")).json()["reasons"] == ["shutting down"]
+    assert await ready_metric() == "presenced_ready 0.0"
+    hub.stopping = False
+    hub.ready = False  # started, but not listening yet
+    assert await ready_metric() == "presenced_ready 0.0"

@@ -35,6 +35,7 @@ CSV = {"Content-Type": "text/csv; charset=utf-8"}
 async def admin_app(nursery, **config):
     hub = Hub(ServerConfig(**config), MemoryStore())
     await nursery.start(hub.run)
+    hub.ready = True  # as the server sets it once it listens
     transport = httpx.ASGITransport(app=create_app(hub))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8086") as c:
         yield c, hub
@@ -239,6 +240,7 @@ async def test_an_import_over_the_limit_without_a_length_is_refused_as_it_stream
     monkeypatch.setattr(admin, "MAX_IMPORT_BYTES", 100_000)
     hub = Hub(ServerConfig(), MemoryStore())
     await nursery.start(hub.run)
+    hub.ready = True  # as the server sets it once it listens
     app = create_app(hub)
     line = f"{new_address()},{new_address()}\n".encode()
     sent = 0

@@ -29,7 +29,7 @@ from presenced.services.base import (
     StreamSource,
     Unary,
 )
-from presenced.services.streams import BatchStream, IdleStream
+from presenced.services.streams import BatchStream, OpenStream
 from presenced.store.memory import MemoryStore
 from presenced.v1 import presence_pb2 as pb
 
@@ -63,7 +63,7 @@ async def slow(session: Session, payload: bytes) -> bytes:
 
 
 def idle(session: Session, payload: bytes) -> StreamSource:
-    return IdleStream()
+    return OpenStream(session, "Idle")
 
 
 def count(session: Session, payload: bytes) -> StreamSource:

@@ -381,6 +381,7 @@ async def _serve_connections(
                 log.info("ready: listening on ws://%s:%d (%d users online)", config.host,
                          hub.listen_port, hub.engine.online_count,
                          extra={"fields": {"event": "ready", "port": hub.listen_port}})
+                hub.ready = True
                 task_status.started(hub)
                 await shutdown.wait()
                 hub.stopping = True

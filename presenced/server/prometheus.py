@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from presenced import __version__
+from presenced.server.readiness import not_ready_reasons
 from presenced.server.runtime import GC_PAUSES
 from presenced.store.base import Store, StoreStats
 
@@ -52,8 +53,8 @@ class HubCollector:
                                  labels=["version", "store"])
         info.add_metric([__version__, type(store).__name__], 1)
         yield info
-        yield _gauge("presenced_ready", "1 when the hub is ready and the store healthy.",
-                     int(hub.ready and _store_healthy(store)))
+        yield _gauge("presenced_ready", "1 when /readyz would answer 200.",
+                     int(not not_ready_reasons(hub.phase())))
         yield _gauge("presenced_store_healthy", "1 while the store can be reached.",
                      int(_store_healthy(store)))
 

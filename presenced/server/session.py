@@ -336,7 +336,8 @@ class ClientSession:
     def _end_stream(self, stream_id: int) -> None:
         active = self.streams.pop(stream_id, None)
         if active is not None:
-            active.source.cancel()
+            # Cancelled by the client or its port destroyed: what was queued is never sent.
+            self.hub.metrics.updates_dropped += active.source.cancel()
 
     # ------------------------------------------------------ frames out
 

@@ -48,7 +48,7 @@ from presenced.services.base import (
     StreamSource,
     Unary,
 )
-from presenced.services.streams import MailboxStream
+from presenced.services.streams import MailboxStream, OpenStream
 
 __all__ = ["MAX_MESSAGE_BYTES", "MODULE", "MODULE_NAME", "PAGE_LIMIT", "encode_connectivity"]
 
@@ -315,48 +315,6 @@ async def get_blocking_status(session: Session, payload: bytes) -> bytes:
     return pb.GetBlockingStatusResponse(
         blocked_users=sorted(blocking), blocked_by_users=sorted(blocked_by)
     ).SerializeToString()
-
-
-class OpenStream:
-    """A stream that stays open and sends nothing, until cancelled or replaced.
-
-    Like the subscriptions, one per (connection, procedure): a client that subscribes again
-    (Godot once did every 30 s) ends its older stream normally instead of piling them up.
-    """
-
-    __slots__ = ("finished", "_key", "_wake")
-
-    # (session, procedure) -> the live stream; an entry leaves when its stream ends.
-    live: dict[tuple[Session, str], OpenStream] = {}
-
-    def __init__(self, session: Session, procedure: str) -> None:
-        self.finished = False
-        self._key = (session, procedure)
-        self._wake: Callable[[], None] | None = None
-        older = self.live.get(self._key)
-        if older is not None:
-            older._replace()
-        self.live[self._key] = self
-
-    def _replace(self) -> None:
-        self.finished = True
-        if self._wake is not None:
-            self._wake()
-
-    def next_item(self) -> bytes | None:
-        return None
-
-    def has_pending(self) -> bool:
-        return False
-
-    def bind(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-
-    def cancel(self) -> int:
-        self._wake = None
-        if self.live.get(self._key) is self:
-            del self.live[self._key]
-        return 0
 
 
 class BlockStream(OpenStream):

@@ -5,7 +5,8 @@
   encoded one message at a time, as the client acknowledges, never all at once.
 - `MailboxStream`: a subscription. The engine puts presence changes into a `Mailbox`, coalesced
   per friend; the stream takes a batch and encodes it when the client may receive.
-- `IdleStream`: a stream the client expects to stay open although we never send on it.
+- `OpenStream`: a stream the client expects to stay open although we never send on it; the
+  newest one per connection and procedure wins.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from presenced.engine import Mailbox
 from presenced.model import Presence
+from presenced.services.base import Session
 
-__all__ = ["BatchStream", "IdleStream", "MailboxStream"]
+__all__ = ["BatchStream", "MailboxStream", "OpenStream"]
 
 
 class BatchStream:
@@ -104,12 +106,32 @@ class MailboxStream:
         return dropped
 
 
-class IdleStream:
-    """Stays open, sends nothing, until cancelled (the connection's end at the latest)."""
+class OpenStream:
+    """A stream the client expects to stay open: sends nothing until cancelled or replaced.
 
-    __slots__ = ()
+    Like the subscriptions, one per (connection, procedure): a client that subscribes again
+    (Godot once did every 30 s) ends its older stream normally instead of piling them up.
+    Subclasses send something now and then (`social_v2.BlockStream`).
+    """
 
-    finished = False
+    __slots__ = ("finished", "_key", "_wake")
+
+    # (session, procedure) -> the live stream; an entry leaves when its stream ends.
+    live: dict[tuple[Session, str], OpenStream] = {}
+
+    def __init__(self, session: Session, procedure: str) -> None:
+        self.finished = False
+        self._key = (session, procedure)
+        self._wake: Callable[[], None] | None = None
+        older = self.live.get(self._key)
+        if older is not None:
+            older._replace()
+        self.live[self._key] = self
+
+    def _replace(self) -> None:
+        self.finished = True
+        if self._wake is not None:
+            self._wake()
 
     def next_item(self) -> bytes | None:
         return None
@@ -118,7 +140,10 @@ class IdleStream:
         return False
 
     def bind(self, wake: Callable[[], None]) -> None:
-        pass
+        self._wake = wake
 
     def cancel(self) -> int:
+        self._wake = None
+        if self.live.get(self._key) is self:
+            del self.live[self._key]
         return 0
