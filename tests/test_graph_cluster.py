@@ -25,6 +25,7 @@ from presenced.graph.social_events import FRIENDSHIP_CHANNEL, STATUS_CHANNEL
 from presenced.server.app import serve
 from presenced.server.config import ServerConfig
 from presenced.v1 import presence_pb2 as pb
+from tests.support.waits import wait_until
 
 ALICE, BOB, CAROL = (Identity.generate(random.Random(900 + i)) for i in range(3))
 NEVER = 3600.0
@@ -47,6 +48,15 @@ async def two_instances(nursery, redis_url: str, **overrides):
         shutdown.set()
 
 
+async def known_at(hub, who, realm: str) -> None:
+    """Wait until `hub` has heard of `who` in `realm` (their heartbeat on the other instance):
+    a subscription opened before would get their login and their position as two updates."""
+    def known() -> bool:
+        p = hub.engine.presence(who.address)
+        return p is not None and p.position is not None and p.position.realm == realm
+    await wait_until(known, timeout=10)
+
+
 async def next_update(sub) -> tuple[str, int]:
     with trio.fail_after(10):
         batch = await sub.next_batch()
@@ -63,6 +73,7 @@ async def test_blocks_both_ways_both_modules_across_two_instances(nursery, redis
         async with PresenceClient.connect(url_b, BOB) as bob, \
                 PresenceClient.connect(url_a, ALICE) as alice:
             await bob.heartbeat("main", 1, 1)
+            await known_at(hub_a, BOB, "main")
             ids = await alice.load_module("SocialService")
             v2_updates = await alice.open_stream(ids["SubscribeToFriendConnectivityUpdates"],
                                                  v2.FriendConnectivityUpdate.FromString)
@@ -97,6 +108,7 @@ async def test_the_database_source_on_two_instances_applies_each_change_once(
         async with PresenceClient.connect(url_a, BOB) as bob, \
                 PresenceClient.connect(url_b, ALICE) as alice:
             await bob.heartbeat("main", 1, 1)
+            await known_at(hub_b, BOB, "main")
             async with alice.subscribe() as updates:
                 social_db.befriend(ALICE.address, BOB.address)
                 with redis.Redis.from_url(redis_server.url) as r:

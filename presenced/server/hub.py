@@ -1,9 +1,15 @@
 """The hub joins the engine to a store and to the live connections.
 
 It owns the background work of one instance, each a task in its nursery:
-the store (loading, following other instances), the ticker (offline grace
-and TTL expiry of the users this instance vouches for) and the sweeper
-(users stranded by instances that died).
+the store (loading, following other instances), the friends database
+(--friends-db), and loops restarted if a pass fails (presenced.supervise):
+the ticker (offline grace and TTL expiry of the users this instance vouches
+for), the sweeper (users stranded by instances that died), the keepalive pass
+over every connection, the login deadlines, and with their options the
+profiles fetcher and the social-status publisher. It also holds what every
+connection shares: the engine, the admission caps, the caches of verified
+ephemeral links and of login frames seen (replays). docs/architecture.md
+draws the whole task tree.
 """
 
 from __future__ import annotations

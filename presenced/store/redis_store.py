@@ -546,15 +546,16 @@ class RedisStore:
             self._change_waiting = trio.Event()
             now = last_flush = trio.current_time()
             beacon = now >= next_beacon or not health.calls_ok
+            if self._batch or beacon:
+                try:
+                    await self._flush_now(beacon=True)
+                except StoreUnavailable:
+                    pass
+                else:
+                    next_beacon = now + self._beacon_s
+            # After the presence changes, which others are waiting for.
             if self._login_claims:
                 await self._claim_logins()
-            if not self._batch and not beacon:
-                continue
-            try:
-                await self._flush_now(beacon=True)
-            except StoreUnavailable:
-                continue
-            next_beacon = now + self._beacon_s
 
     async def _rewrite_own(self) -> None:
         """Put back everyone we vouch for, as changes (a Redis that lost them)."""
