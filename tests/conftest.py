@@ -24,7 +24,7 @@ SLOW_MODULES = frozenset({
     "test_admin_api", "test_cli_admin", "test_daemon", "test_docgen", "test_interop",
     "test_interop_v2",
     "test_redis_e2e", "test_redis_store", "test_simulate", "test_workers",
-    "test_friends_db", "test_friends_db_daemon",
+    "test_friends_db", "test_friends_db_daemon", "test_operators", "test_binary", "test_deploy",
 })
 SLOW_FIXTURES = frozenset({"redis_server", "store_daemon", "token_daemon", "social_db"})
 
