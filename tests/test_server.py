@@ -348,6 +348,21 @@ async def test_subscriber_that_stops_acking_is_disconnected_without_delaying_oth
                 assert update.position.x == 99
 
 
+async def test_updates_a_cancelled_stream_never_sent_are_counted_as_dropped(nursery):
+    engine = EngineConfig(heartbeat_rate=1000, heartbeat_burst=1000)
+    async with running(nursery, friendships=((ALICE, BOB),), engine=engine) as srv, \
+            srv.client(BOB) as bob, srv.client(ALICE) as alice:
+        await bob.heartbeat("main", 0, 0)
+        async with alice.subscribe() as sub:
+            await sub.next_batch()  # the snapshot, never acknowledged
+            await bob.heartbeat("main", 1, 0)  # waits in the stream's mailbox
+            assert srv.hub.metrics.updates_dropped == 0
+            await sub.cancel()
+            await wait_until(lambda: srv.hub.metrics.updates_dropped == 1)
+        # The connection lives on.
+        assert (await alice.heartbeat("main", 2, 0)).WhichOneof("response") == "position"
+
+
 async def test_a_client_that_stops_answering_pings_is_closed(nursery):
     # A raw WebSocket client that completes the handshake and the login,
     # then never reads again: the server's keepalive must give up on it.
