@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
-from presenced.model import normalize_address
 from presenced.store.base import Block
-from presenced.store.friends_file import LineError
+from presenced.store.friends_file import LineError, split_address_pair
 
 
 def parse_block_line(text: str) -> Block | None:
     """Parse one line; None for blank lines and comments. Raises ValueError.
 
-    CSV: `0xblocker…,0xblocked…` (spaces allowed, `#` starts a comment).
-    JSON lines: `["0xblocker…", "0xblocked…"]` or
-    `{"blocker": "0x…", "blocked": "0x…"}`. The order matters: the first
-    address blocks the second.
+    CSV: `0xblocker…,0xblocked…`; JSON lines: `["0xblocker…", "0xblocked…"]` or
+    `{"blocker": "0x…", "blocked": "0x…"}` (`split_address_pair`). The order matters: the
+    first address blocks the second.
     """
-    line = text.strip()
-    if not line or line.startswith("#"):
+    pair = split_address_pair(text, ("blocker", "blocked"), csv_hint=": blocker,blocked")
+    if pair is None:
         return None
-    if line[0] in "[{":
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"invalid JSON: {e.msg}") from None
-        if isinstance(value, dict):
-            value = [value.get("blocker"), value.get("blocked")]
-        if not isinstance(value, list) or len(value) != 2:
-            raise ValueError("expected a blocker and a blocked address")
-        blocker, blocked = value
-    else:
-        parts = [p.strip() for p in line.split("#", 1)[0].split(",")]
-        if len(parts) != 2:
-            raise ValueError("expected two comma-separated addresses: blocker,blocked")
-        blocker, blocked = parts
-    if not isinstance(blocker, str) or not isinstance(blocked, str):
-        raise ValueError("addresses must be strings")
-    blocker, blocked = normalize_address(blocker), normalize_address(blocked)
+    blocker, blocked = pair
     if blocker == blocked:
         raise ValueError("a user cannot block themselves")
     return blocker, blocked

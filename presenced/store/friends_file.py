@@ -34,11 +34,14 @@ class LineError:
         return f"line {self.line}: {self.message}"
 
 
-def parse_friendship_line(text: str) -> Friendship | None:
-    """Parse one line; None for blank lines and comments. Raises ValueError.
+def split_address_pair(
+    text: str, keys: tuple[str, str] = ("a", "b"), *, csv_hint: str = ""
+) -> tuple[str, str] | None:
+    """Two normalized addresses from one line; None for blank lines and comments.
 
-    CSV: `0xabc…,0xdef…` (spaces allowed, `#` starts a comment).
-    JSON lines: `["0xabc…", "0xdef…"]` or `{"a": "0xabc…", "b": "0xdef…"}`.
+    Raises ValueError. CSV: `0xabc…,0xdef…` (spaces and quotes allowed, `#` starts a
+    comment). JSON lines: `["0xabc…", "0xdef…"]` or an object with the two `keys`.
+    Shared by friends files and block lists (`csv_hint` names the columns in the error).
     """
     line = text.strip()
     if not line or line.startswith("#"):
@@ -49,19 +52,28 @@ def parse_friendship_line(text: str) -> Friendship | None:
         except json.JSONDecodeError as e:
             raise ValueError(f"invalid JSON: {e.msg}") from None
         if isinstance(value, dict):
-            value = [value.get("a"), value.get("b")]
+            value = [value.get(keys[0]), value.get(keys[1])]
         if not isinstance(value, list) or len(value) != 2:
-            raise ValueError("expected a pair of addresses")
+            raise ValueError(f"expected a pair of addresses ({keys[0]}, {keys[1]})")
         a, b = value
     else:
         line = line.split("#", 1)[0]
         parts = [p.strip().strip('"').strip() for p in line.split(",")]
         if len(parts) != 2:
-            raise ValueError("expected two comma-separated addresses")
+            raise ValueError("expected two comma-separated addresses" + csv_hint)
         a, b = parts
     if not isinstance(a, str) or not isinstance(b, str):
         raise ValueError("addresses must be strings")
-    a, b = normalize_address(a), normalize_address(b)
+    return normalize_address(a), normalize_address(b)
+
+
+def parse_friendship_line(text: str) -> Friendship | None:
+    """Parse one line of a friends file (`split_address_pair`); None for blank lines and
+    comments. Raises ValueError."""
+    pair = split_address_pair(text)
+    if pair is None:
+        return None
+    a, b = pair
     if a == b:
         raise ValueError("a user cannot be their own friend")
     return ordered_pair(a, b)
