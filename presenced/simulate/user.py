@@ -149,6 +149,9 @@ class VirtualUser:
         self.accepted = None
         started = time.monotonic()
         worker.log_send(self.sender | ONLINE, started)
+        # Whether this session logged in: `self.connected` is reset when the session ends, so
+        # the error handler below cannot tell from it whether a failure was the login's.
+        established = False
         try:
             async with WireClient.connect(
                 self.target, self.identity, local_address=self.source,
@@ -159,7 +162,7 @@ class VirtualUser:
                 if self.dropped_at is not None:
                     worker.back_after_storm(self, now - self.dropped_at)
                     self.dropped_at = None
-                self.connected = True
+                self.connected = established = True
                 self.client = client
                 counters.logins += 1
                 counters.connected += 1
@@ -177,7 +180,7 @@ class VirtualUser:
                 return self.plan.storm_delay()
             return self.plan.offline_gap()
         except Exception as e:  # every failure is classified and counted, then retried
-            was_connected = self.connected
+            was_connected = established
             self.client = None
             self._disconnected()
             self._attempt_done()
