@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -172,6 +173,24 @@ def test_population_and_plans_are_seeded():
         # A position never repeats within the remembered window.
         assert key not in recent[-15:]
         recent.append(key)
+
+
+def test_churn_fraction_keeps_subscribers_steady_and_churn_the_same():
+    config = SimConfig(users=200, seed=3, online_fraction=0.5, subscribe_fraction=1.0,
+                       churn_fraction=0.5)
+    population = Population.choose(config)
+    assert population.churners is not None and len(population.churners) == 50
+    # Churners never subscribe; every steady user does (subscribe fraction 1).
+    assert not population.churners & population.subscribers
+    assert len(population.subscribers) == 50
+    assert all(population.churns(i) == (i in population.churners) for i in population.online)
+    # The run without subscribers churns exactly the same users (what the v2 benchmark's
+    # quiet run subtracts).
+    quiet = Population.choose(replace(config, subscribe_fraction=0.0))
+    assert quiet.churners == population.churners and not quiet.subscribers
+    # By default everyone churns.
+    assert Population.choose(replace(config, churn_fraction=None)).churns(population.online[0])
+    assert "--churn-fraction" in " ".join(replace(config, churn_fraction=1.5).problems())
 
 
 def test_problems_name_the_option():
@@ -361,6 +380,17 @@ def test_simulate_idle_users_send_no_heartbeat():
         summary = json.loads(result.stdout)
         assert summary["ok"] and summary["heartbeats"] == 0
         assert summary["connections_at_stop"] == 120
+
+
+def test_simulate_steady_subscribers_watch_churners():
+    with Daemon(*FAST_DAEMON) as daemon:
+        result = run_simulate("--target", daemon.url, "--churn-fraction", "0.5",
+                              admin_url=daemon.admin_url)
+        assert result.returncode == 0, result.stderr + result.stdout
+        summary = json.loads(result.stdout)
+        assert summary["ok"] and summary["errors"] == 0 and summary["undelivered"] == 0
+        assert summary["subscribers"] == 60 and summary["churn_disconnects"] > 0
+        assert summary["live_updates"]["offline"] > 0
 
 
 def test_sigusr1_ends_the_load_phase_early():

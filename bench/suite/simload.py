@@ -45,6 +45,8 @@ class Load:
     heartbeats: bool = True
     subscribe_protocol: str = "adr246"
     reconnect_delay: float = 10.0
+    # None: everyone churns; else only this share of the online users, who never subscribe.
+    churn_fraction: float | None = None
     # The reconnect storm: seconds into the load phase, and its spread.
     storm_at: float | None = None
     storm_spread: float = 1.0
@@ -58,6 +60,9 @@ class Load:
         churn = f"churn {self.churn:g}/h" if self.churn else "no churn"
         if self.churn and self.speed != 1:
             churn += " simulated"
+        if self.churn and self.churn_fraction is not None:
+            churn += (f" for {self.churn_fraction:.0%} of them (never subscribed; the others "
+                      f"stay connected)")
         beats = (f"heartbeat every {self.heartbeat_interval / self.speed:g} s"
                  if self.heartbeats else "no heartbeats (keepalive only)")
         subscribed = f"{self.subscribe_fraction:.0%} subscribed"
@@ -105,6 +110,8 @@ class Simulation:
         ]
         if not load.heartbeats:
             cmd.append("--no-heartbeats")
+        if load.churn_fraction is not None:
+            cmd += ["--churn-fraction", str(load.churn_fraction)]
         if load.storm_at is not None:
             cmd += ["--storm-at", str(load.storm_at), "--storm-spread", str(load.storm_spread)]
         if not self.seed_graph:

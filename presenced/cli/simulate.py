@@ -103,6 +103,12 @@ def simulate(
     reconnect_delay: Annotated[float, typer.Option(
         "--reconnect-delay", min=0, metavar="SECONDS",
         help="Simulated seconds a churned user stays away (uniform within ±50 %).")] = 10.0,
+    churn_fraction: Annotated[float | None, typer.Option(
+        "--churn-fraction", metavar="F", show_default=False,
+        help="Only this fraction of the connecting users churns, and never subscribes; the "
+             "others stay connected all run and --subscribe-fraction picks subscribers among "
+             "them: steady subscribers watching friends come and go (default: everyone "
+             "churns).")] = None,
     ramp: Annotated[float, typer.Option(
         "--ramp", min=0.1, metavar="LOGINS_PER_S",
         help="Initial logins per second, over all processes. Each login costs the daemon "
@@ -231,6 +237,7 @@ def simulate(
         area=(min_x, min_y, max_x, max_y),
         churn_per_hour=churn,
         reconnect_delay_s=reconnect_delay,
+        churn_fraction=churn_fraction,
         ramp=ramp,
         processes=min(processes, max(1, round(users * online_fraction))),
         source_addresses=sources,

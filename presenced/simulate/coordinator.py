@@ -70,7 +70,9 @@ class _Handle:
         try:
             self.to_worker.send(message)
         except (BrokenPipeError, OSError):
-            self.gone = True
+            # The worker died. Not marked gone here: what it sent before dying (a "fatal"
+            # with its traceback) is still to be read, and the end of its pipe marks it.
+            pass
 
 
 class Coordinator:
@@ -146,7 +148,8 @@ class Coordinator:
                 self.owner[index] = wid
             spec = WorkerSpec(
                 wid, config,
-                tuple((index, order[index], index in subscribers) for index in online),
+                tuple((index, order[index], index in subscribers,
+                       self.population.churns(index)) for index in online),
                 tuple(offline),
                 target_of,
             )

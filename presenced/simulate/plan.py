@@ -46,6 +46,11 @@ class SimConfig:
     area: tuple[int, int, int, int] = DEFAULT_AREA
     churn_per_hour: float = 2.0
     reconnect_delay_s: float = 10.0
+    # None: every user churns. A fraction: only that share of the online
+    # users churns, and never subscribes; the others stay connected all run
+    # and the subscribers are chosen among them (steady subscribers watching
+    # friends come and go, what a benchmark of update delivery wants).
+    churn_fraction: float | None = None
     ramp: float = 100.0
     processes: int = 1
     source_addresses: tuple[str, ...] = ()
@@ -86,6 +91,8 @@ class SimConfig:
             out.append("--online-fraction must be in (0, 1]")
         if not 0 <= self.subscribe_fraction <= 1:
             out.append("--subscribe-fraction must be in [0, 1]")
+        if self.churn_fraction is not None and not 0 <= self.churn_fraction <= 1:
+            out.append("--churn-fraction must be in [0, 1]")
         if not 0 <= self.jitter < 1:
             out.append("--jitter must be in [0, 1)")
         for name, p in (("--move-probability", self.move_probability),
@@ -117,21 +124,35 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class Population:
-    """Which users of the graph connect, and which of those subscribe."""
+    """Which users of the graph connect, which of those subscribe, and which churn."""
 
     online: tuple[int, ...]
     subscribers: frozenset[int]
     offline: tuple[int, ...] = field(default=())
+    # None: everyone churns (at --churn's rate).
+    churners: frozenset[int] | None = None
 
     @classmethod
     def choose(cls, config: SimConfig) -> Population:
         rng = random.Random(f"{config.seed}:simulate")
         count = max(1, round(config.users * config.online_fraction))
         online = sorted(rng.sample(range(config.users), count))
-        subscribers = frozenset(rng.sample(online, round(count * config.subscribe_fraction)))
+        churners = None
+        candidates = online
+        if config.churn_fraction is not None:
+            # Its own seeded draw: the same churners whatever --subscribe-fraction is, so a
+            # run without subscribers has exactly the churn of a run with them.
+            draw = random.Random(f"{config.seed}:simulate:churners")
+            churners = frozenset(draw.sample(online, round(count * config.churn_fraction)))
+            candidates = [i for i in online if i not in churners]
+        subscribers = frozenset(
+            rng.sample(candidates, round(len(candidates) * config.subscribe_fraction)))
         chosen = set(online)
         offline = tuple(i for i in range(config.users) if i not in chosen)
-        return cls(tuple(online), subscribers, offline)
+        return cls(tuple(online), subscribers, offline, churners)
+
+    def churns(self, index: int) -> bool:
+        return self.churners is None or index in self.churners
 
     def shares(self, processes: int) -> list[tuple[list[int], list[int]]]:
         """Per worker: (users it drives, offline users whose addresses it derives).

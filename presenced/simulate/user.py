@@ -88,12 +88,12 @@ _RETRY_FLOOR_S = 0.5
 
 class VirtualUser:
     __slots__ = ("worker", "index", "identity", "target", "target_index", "source", "subscriber",
-                 "plan", "sender", "accepted", "connected", "view", "since", "attempted",
+                 "churns", "plan", "sender", "accepted", "connected", "view", "since", "attempted",
                  "quiet", "client", "dropped_at")
 
     def __init__(
         self, worker: UserHost, index: int, identity: Identity, target: str,
-        source: str | None, subscriber: bool, target_index: int = 0,
+        source: str | None, subscriber: bool, target_index: int = 0, churns: bool = True,
     ) -> None:
         self.worker = worker
         self.index = index
@@ -102,6 +102,7 @@ class VirtualUser:
         self.target_index = target_index
         self.source = source
         self.subscriber = subscriber
+        self.churns = churns
         self.plan = UserPlan(worker.config, index)
         self.sender = index << SENDER_SHIFT
         # Position key of the last heartbeat the server accepted this session.
@@ -216,7 +217,7 @@ class VirtualUser:
         worker = self.worker
         plan = self.plan
         beating = worker.config.heartbeats
-        leave_at = trio.current_time() + plan.session_length()
+        leave_at = trio.current_time() + (plan.session_length() if self.churns else math.inf)
         while True:
             due = trio.current_time() + plan.heartbeat_delay() if beating else leave_at
             if await worker.sleep_until(min(due, leave_at), self):

@@ -74,8 +74,8 @@ GC_THRESHOLD = 50_000
 class WorkerSpec:
     worker_id: int
     config: SimConfig
-    # (user index, its order among all online users, subscribes?)
-    users: tuple[tuple[int, int, bool], ...]
+    # (user index, connection order, subscribes, churns)
+    users: tuple[tuple[int, int, bool, bool], ...]
     # Users that never connect: this worker only derives their addresses.
     offline: tuple[int, ...]
     # With several --target URLs: each graph user's target index (-1 for users
@@ -134,15 +134,15 @@ class Worker:
         self.ship_sends = config.processes > 1
         self.sent_keys = array("q")
         self.sent_times = array("d")
-        self.local = frozenset(index for index, _, _ in spec.users)
+        self.local = frozenset(index for index, _, _, _ in spec.users)
         self.index_of: dict[str, int] = {}
         self.realm_ids = {name: i for i, name in enumerate(config.realms)}
         self.target_of = spec.target_of
         self.users = []
-        for index, order, subscriber in spec.users:
+        for index, order, subscriber, churns in spec.users:
             target, source = connection_slot(config, order)
             self.users.append(VirtualUser(self, index, identities[index], target, source,
-                                          subscriber, order % len(config.targets)))
+                                          subscriber, order % len(config.targets), churns))
         self.alarms = Alarms()
         self.stopping = False
         self.exiting = False
@@ -434,7 +434,7 @@ def worker_main(spec: WorkerSpec, to_parent: Connection, from_parent: Connection
     try:
         started = time.monotonic()
         seed = spec.config.seed
-        identities = {index: user_identity(seed, index) for index, _, _ in spec.users}
+        identities = {index: user_identity(seed, index) for index, _, _, _ in spec.users}
         addresses = [(i, identity.address) for i, identity in identities.items()]
         addresses += [(i, user_address(seed, i)) for i in spec.offline]
         to_parent.send(("ready", spec.worker_id, addresses, time.monotonic() - started))
