@@ -111,6 +111,9 @@ class RedisStore:
         # Set by `write` when a change others must hear of waits: the flusher then writes
         # without waiting for its interval (see RedisStoreConfig.flush_min_gap_s).
         self._change_waiting = trio.Event()
+        # Set when something is queued for Redis while nothing was: an idle flusher sleeps
+        # on it (and the beacon) instead of waking every flush interval to find nothing.
+        self._work_queued = trio.Event()
         self._audit_interval = config.resync_interval_s
         # An instance that has not written for this long (by Redis's clock)
         # no longer counts as an owner; it beacons four times as often.
@@ -262,6 +265,7 @@ class RedisStore:
         leave = leave and self._started and self._health.calls_ok
         self._closed = True
         self._health.closed()
+        self._queued_work()  # an idle flusher wakes and sees the store closed
         listener = self._listener
         if listener is not None:
             listener.stop()
@@ -337,6 +341,8 @@ class RedisStore:
         if self._closed:
             return
         batch = self._batch
+        if not batch:
+            self._queued_work()
         if isinstance(op, PresenceWrite):
             address = op.presence.address
             self._own[address] = op.presence
@@ -368,9 +374,15 @@ class RedisStore:
             del claims[: len(claims) // 2]
             self._stats.errors["login-claim-dropped"] += 1
         claims.append((key, expires_ms, on_refused))
+        self._queued_work()
         change_waiting = self._change_waiting
         if not change_waiting.is_set():
             change_waiting.set()
+
+    def _queued_work(self) -> None:
+        work_queued = self._work_queued
+        if not work_queued.is_set():
+            work_queued.set()
 
     async def _claim_logins(self) -> None:
         claims = self._login_claims
@@ -528,6 +540,12 @@ class RedisStore:
         last_flush = -float("inf")
         while not self._closed:
             if health.calls_ok:
+                # Nothing queued: sleep until something is, or the beacon is due (with
+                # nobody connected, the flusher wakes only for the beacon).
+                if not self._batch and not self._login_claims:
+                    with trio.move_on_after(max(0.0, next_beacon - trio.current_time())):
+                        await self._work_queued.wait()
+                self._work_queued = trio.Event()
                 # A change is written at once, or `flush_min_gap` after the previous flush
                 # (changes arriving meanwhile join it); refreshes wait for the interval.
                 # The beacon is due however long the interval: an instance silent for
