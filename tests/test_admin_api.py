@@ -73,6 +73,10 @@ def test_metrics_parse_and_cover_every_counter(http, store_daemon):
     expected = {
         "presenced_connections": "gauge",
         "presenced_connections_opened": "counter",
+        "presenced_accept_pauses": "counter",
+        "presenced_accept_paused_seconds": "counter",
+        "presenced_listen_queue": "gauge",
+        "presenced_listen_queue_limit": "gauge",
         "presenced_logins": "counter",
         "presenced_heartbeats": "counter",
         "presenced_updates_delivered": "counter",

@@ -26,6 +26,7 @@ from presenced.rpc.frames import (
 )
 from presenced.server.app import serve
 from presenced.server.config import ServerConfig
+from presenced.server.listen_queue import accept_queue
 from presenced.store.base import StoreUnavailable
 from presenced.store.memory import MemoryStore
 from presenced.v1 import presence_pb2 as pb
@@ -609,12 +610,19 @@ async def test_at_the_limit_of_sockets_awaiting_login_clients_wait_in_the_backlo
         async with trio.open_nursery() as clients:
             clients.start_soon(log_in)
             await trio.testing.wait_all_tasks_blocked()
-            # Connected (the kernel's backlog) but not accepted: the accept loop waits.
+            # Connected (the kernel's backlog) but not accepted: the accept loop waits, and
+            # says so (a metric, the listen queue, one log line).
             assert not logged_in.is_set() and hub.admission.pending == 3
             assert await healthz(hub) == 200
+            assert hub.metrics.accept_pauses == {"awaiting_login": 1}
+            [listener] = hub.listeners
+            waiting, limit = accept_queue(listener)
+            assert waiting == 1 and limit > 0
             silent[0].close()
             with trio.fail_after(5):
                 await logged_in.wait()
+            assert hub.metrics.accept_paused_s["awaiting_login"] > 0
+            assert accept_queue(listener)[0] == 0
         for sock in silent[1:]:
             sock.close()
 

@@ -145,6 +145,16 @@ class Admission:
         limits = self.limits
         return self.sockets < limits.sockets and self.pending < limits.pending
 
+    def blocking_limit(self) -> str | None:
+        """The cap that keeps the accept loop waiting ("sockets", "awaiting_login"), or None
+        (the names of `presenced_connection_limit`'s labels)."""
+        limits = self.limits
+        if self.sockets >= limits.sockets:
+            return "sockets"
+        if self.pending >= limits.pending:
+            return "awaiting_login"
+        return None
+
     def full(self) -> bool:
         """Whether a login now would pass the cap of logged-in connections."""
         return self.logged_in >= self.limits.logged_in

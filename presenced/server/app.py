@@ -366,6 +366,7 @@ async def _serve_connections(
                     for sock in sockets:
                         sock.listen(LISTEN_BACKLOG)
                         acceptors.start_soon(_accept_loop, hub, sock, poller)
+                    hub.listeners = list(sockets)
                     task_status.started()
         finally:
             stopped_accepting.set()
@@ -389,6 +390,7 @@ async def _serve_connections(
                          extra={"fields": {"event": "stop", "connections": len(hub.live)}})
                 listen_scope.cancel()
                 await stopped_accepting.wait()
+                hub.listeners = []
                 for sock in sockets:
                     sock.close()
                 hub.kill_all(Close.SHUTDOWN)
@@ -431,12 +433,25 @@ async def _accept_loop(hub: Hub, sock: socket.socket, poller: Poller) -> None:
     socket closes or logs in (presenced/server/admission.py says why).
     """
     admission = hub.admission
+    metrics = hub.metrics
     errors_logged = RateLimit(60.0)
+    pauses_logged = RateLimit(60.0)
     while True:
         await trio.lowlevel.wait_readable(sock)
         for _ in range(ACCEPT_BATCH):
-            if not admission.accepting():
+            limit = admission.blocking_limit()
+            if limit is not None:
+                metrics.accept_pauses[limit] += 1
+                note = pauses_logged.allow(limit)
+                if note is not None:
+                    log.warning("not accepting: at the cap of %s (%d sockets, %d awaiting "
+                                "login); new clients wait in the listen backlog%s",
+                                limit.replace("_", " "), admission.sockets,
+                                admission.pending, note,
+                                extra={"fields": {"event": "accept-paused", "limit": limit}})
+                paused_at = trio.current_time()
                 await hub.room()
+                metrics.accept_paused_s[limit] += trio.current_time() - paused_at
             try:
                 client, address = sock.accept()
             except BlockingIOError:

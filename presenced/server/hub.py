@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import resource
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -157,6 +158,8 @@ class Hub:
         self.ready = False
         self.stopping = False
         self.listen_port = 0
+        # The listening sockets (set by the server): their accept queues are a metric.
+        self.listeners: list[socket.socket] = []
         self.admin_port = 0
         self._clock: TrioWallClock | None = None
         # Lines about repeating causes (resyncs, sweeps): one per minute each.

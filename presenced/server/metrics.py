@@ -19,6 +19,10 @@ __all__ = ["LATENCY_BUCKETS", "Histogram", "Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.connections_opened = 0
+        # Times the accept loop waited at an admission cap, and for how long (seconds), by
+        # cap ("sockets", "awaiting_login"): meanwhile clients queue in the listen backlog.
+        self.accept_pauses: Counter[str] = Counter()
+        self.accept_paused_s: Counter[str] = Counter()
         # (result, reason): ("ok", ""), ("failed", "bad-signature"), ("failed", "timeout")…
         self.logins: Counter[tuple[str, str]] = Counter()
         # Why connections ended: "client", "protocol-error", "slow-consumer"…

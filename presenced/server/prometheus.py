@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from presenced import __version__
+from presenced.server.listen_queue import accept_queue
 from presenced.server.readiness import not_ready_reasons
 from presenced.server.runtime import GC_PAUSES
 from presenced.store.base import Store, StoreStats
@@ -75,6 +76,20 @@ class HubCollector:
         yield limits
         yield _counter("presenced_connections_opened", "WebSocket connections accepted.",
                        m.connections_opened)
+        yield _labelled_counter(
+            "presenced_accept_pauses", "Times the accept loop waited at a connection limit "
+            "(clients queue in the listen backlog meanwhile), by limit.", "limit",
+            m.accept_pauses)
+        yield _labelled_counter(
+            "presenced_accept_paused_seconds", "Seconds the accept loop waited at a "
+            "connection limit, by limit.", "limit", m.accept_paused_s)
+        queues = [q for q in map(accept_queue, hub.listeners) if q is not None]
+        if queues:
+            yield _gauge("presenced_listen_queue", "Connections waiting in the kernel's "
+                         "accept queues of the WebSocket listeners.", sum(q[0] for q in queues))
+            yield _gauge("presenced_listen_queue_limit", "The accept queues' limit (past it "
+                         "the kernel drops handshakes and clients retry after seconds).",
+                         sum(q[1] for q in queues))
         logins = CounterMetricFamily("presenced_logins", "Login attempts by result and reason.",
                                      labels=["result", "reason"])
         for (result, reason), n in sorted(m.logins.items()):
