@@ -46,9 +46,13 @@ class EngineConfig:
     max_x: int = 1000
     min_y: int = -1000
     max_y: int = 1000
-    # A sign of life other than a heartbeat (a pong, any frame) is written to
-    # the store at most this often per user: enough to keep its TTL alive.
-    touch_write_interval_ms: int = 10_000
+    # A sign of life other than a heartbeat (a pong, any frame), or a heartbeat that did not
+    # move, is written to the store at most this often per user (and at most every TTL/3):
+    # enough to keep its TTL alive. 40 s: a client kept alive by pings (one every 30 s of
+    # silence) is written at every other pong, so its last-seen in Redis is at most ~60 s
+    # old against a 120 s TTL; 10 s wrote at every pong, twice the Redis writes for the
+    # same liveness (docs/redis.md).
+    touch_write_interval_ms: int = 40_000
     # Friendship changes waiting for one session's friendship stream (v2); past it the
     # oldest is dropped.
     friendship_events_max: int = 1_000

@@ -19,7 +19,7 @@ class RedisStoreConfig:
     offline_grace_ms: int = 5_000
     # The engine writes a user kept alive only by pings this often
     # (EngineConfig.touch_write_interval_ms).
-    touch_write_interval_ms: int = 10_000
+    touch_write_interval_ms: int = 40_000
     # Connections to Redis, and the timeout on each call.
     pool_size: int = 16
     socket_timeout_s: float = 5.0
