@@ -48,9 +48,9 @@ import psycopg  # noqa: E402
 from bench.suite.procs import Redis, Server, rss_bytes  # noqa: E402
 from presenced.auth.identity import Identity  # noqa: E402
 from presenced.client import PresenceClient  # noqa: E402
+from presenced.graph.config import DatabaseConfig  # noqa: E402
 from presenced.graph.postgres import (  # noqa: E402
     Database,
-    DatabaseConfig,
     create_schema,
     seed_friendships,
 )

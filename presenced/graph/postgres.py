@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from presenced.graph.config import DatabaseConfig
 from presenced.graph.picture import AddressIds, Adjacency, AdjacencyBuilder, diff_adjacency
 from presenced.graph.reconcile import FullResult, IncrementalResult, PassPlan
 
@@ -140,14 +141,6 @@ def check_url(url: str) -> str | None:
     except psycopg.ProgrammingError as e:
         return str(e).splitlines()[0]
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseConfig:
-    url: str
-    connect_timeout_s: float = 5.0
-    # One pass (a full read of a million rows takes seconds) may take this long.
-    statement_timeout_s: float = 300.0
 
 
 class Database:

@@ -32,8 +32,9 @@ from typing import Protocol
 
 import trio
 
+from presenced.graph.config import SourceConfig, SourceUnavailable
 from presenced.graph.events_listener import EventsListener, social_redis
-from presenced.graph.postgres import DB_ERRORS, Database, DatabaseConfig
+from presenced.graph.postgres import DB_ERRORS, Database
 from presenced.graph.reconcile import Change, Kind, PassKind, Reconciler
 from presenced.graph.social_events import Wanted
 from presenced.store.base import Block, Friendship, StoreUnavailable
@@ -45,10 +46,6 @@ log = logging.getLogger("presenced.graph")
 APPLY_BATCH = 1000
 # Friendships per bulk-load call at start.
 LOAD_CHUNK = 10_000
-
-
-class SourceUnavailable(Exception):
-    """The source could not load at start (the database or events unreachable)."""
 
 
 class GraphApplier(Protocol):
@@ -65,23 +62,6 @@ class GraphApplier(Protocol):
     async def add_blocks(self, pairs: Iterable[Block]) -> list[Block]: ...
 
     async def remove_blocks(self, pairs: Iterable[Block]) -> list[Block]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SourceConfig:
-    database: DatabaseConfig
-    # Seconds between incremental passes (rows changed since the last one).
-    reconcile_interval_s: float = 30.0
-    # Seconds between full comparisons (every row).
-    full_interval_s: float = 900.0
-    # Rows changed up to this long before the last pass are read again: a
-    # transaction open longer than this is found by the full comparison.
-    overlap_s: float = 120.0
-    # The social service's Redis (friendship.updates, block.updates).
-    events_url: str | None = None
-    events_timeout_s: float = 5.0
-    backoff_min_s: float = 0.5
-    backoff_max_s: float = 30.0
 
 
 @dataclass(slots=True)

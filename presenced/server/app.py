@@ -26,7 +26,7 @@ import trio
 from presenced import __version__
 from presenced.closes import Close
 from presenced.errors import leaf_exceptions
-from presenced.graph.source import SourceUnavailable
+from presenced.graph.config import SourceUnavailable
 from presenced.logs import RateLimit, redact_url
 from presenced.server import admin, runtime
 from presenced.server.admission import source_key

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from presenced.engine import EngineConfig
-from presenced.graph.postgres import DatabaseConfig
-from presenced.graph.source import SourceConfig
+from presenced.graph.config import DatabaseConfig, SourceConfig
 from presenced.store.redis_config import RedisStoreConfig
 
 
