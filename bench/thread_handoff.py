@@ -10,9 +10,12 @@ CPU (user + system, every thread) and wall clock, per call:
 - `to_thread`: `trio.to_thread.run_sync(lambda: None)`, the bare hop;
 - `own thread`: the same round trip through one long-lived thread (a queue in,
   `TrioToken.run_sync_soon` back), what a dedicated flusher thread would cost;
-- `flush`: three changed presences written and `RedisStore.flush()` awaited, on
-  a redis-server of its own (the store's thread hop, the pipeline with the
-  flush script, and the store's listener thread reading its own change message);
+- `flush (thread)`: three changed presences written and `RedisStore.flush()`
+  awaited with the flush in a worker thread (`direct_flush=False`), on a
+  redis-server of its own (the thread hop, the pipeline with the flush script,
+  and the store's listener thread reading its own change message);
+- `flush (direct)`: the same with the flush sent from the trio thread
+  (presenced/store/redis_direct.py, the default for redis:// URLs);
 - `flush hop only`: the same writes with the bare hop instead of the flush.
 """
 
@@ -82,8 +85,14 @@ async def main(calls: int, redis_url: str) -> None:
     await timed("own thread", calls, own)
     jobs.put(None)
 
+    for direct in (False, True):
+        await flushes(calls, redis_url, direct)
+
+
+async def flushes(calls: int, redis_url: str, direct: bool) -> None:
     # Flushes only when asked: no timer in the way.
-    store = RedisStore(redis_url, RedisStoreConfig(flush_interval_s=3600, flush_min_gap_s=3600))
+    store = RedisStore(redis_url, RedisStoreConfig(flush_interval_s=3600, flush_min_gap_s=3600,
+                                                   direct_flush=direct))
 
     def write_three(i: int) -> None:
         for k in range(3):
@@ -100,8 +109,9 @@ async def main(calls: int, redis_url: str) -> None:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run, lambda events: None)
-        await timed("flush", calls, flush)
-        await timed("flush hop only", calls, writes_and_hop)
+        await timed("flush (direct)" if direct else "flush (thread)", calls, flush)
+        if not direct:
+            await timed("flush hop only", calls, writes_and_hop)
         nursery.cancel_scope.cancel()
     await store.aclose()
 

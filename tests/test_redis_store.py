@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 
 import pytest
+import redis
 import trio
 
 from presenced.engine import EngineConfig
@@ -31,6 +32,7 @@ from presenced.store.base import (
     StoreUnavailable,
 )
 from presenced.store.redis_config import RedisStoreConfig
+from presenced.store.redis_direct import DirectConnection
 from presenced.store.redis_store import RedisStore
 from tests.support.redis_server import RedisServer
 from tests.support.waits import now_ms, wait_until
@@ -762,6 +764,78 @@ async def test_start_tolerates_config_being_disabled(nursery, caplog):
         await store.aclose()
     assert "cannot tell whether Redis keeps its data on disk" in caplog.text
     assert "Redis keeps nothing on disk" not in caplog.text
+
+
+# ------------------------------------------------------ the flusher's connection
+
+
+def heard(rec: Recorder, address: str, x: int) -> bool:
+    return any(isinstance(e, RemotePresence) and e.presence.address == address
+               and e.presence.position is not None and e.presence.position.x == x
+               for e in rec.events)
+
+
+def test_the_direct_flush_serves_plain_tcp_urls_only():
+    pool = redis.ConnectionPool.from_url("redis://user:pw@10.1.2.3:6390/3", client_name="n")
+    direct = DirectConnection.for_pool(pool, 2.0)
+    assert direct is not None
+    assert (direct.host, direct.port, direct.db, direct.timeout_s) == ("10.1.2.3", 6390, 3, 2.0)
+    for url in ("rediss://10.1.2.3:6390/0", "unix:///run/redis.sock"):
+        assert DirectConnection.for_pool(redis.ConnectionPool.from_url(url), 2.0) is None
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "thread"])
+async def test_a_flush_after_redis_forgot_its_scripts_loads_them_again(
+    cluster, redis_server, direct
+):
+    a, _ = await cluster("a", direct_flush=direct)
+    _, rec = await cluster("b")
+    a.write(PresenceWrite(online("0xa1", x=1), True))
+    await a.flush()
+    await wait_until(lambda: heard(rec, "0xa1", 1))
+    with redis_server.client() as r:
+        r.script_flush()
+    a.write(PresenceWrite(online("0xa1", x=2), True))
+    await a.flush()
+    await wait_until(lambda: heard(rec, "0xa1", 2))
+    assert a.healthy
+
+
+async def test_the_direct_flush_logs_in_and_selects_the_database(nursery):
+    with RedisServer(extra_args=["--requirepass", "s3cret"]) as server:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        a = RedisStore(url, store_config(), instance_id="a")
+        b = RedisStore(url, store_config(), instance_id="b")
+        rec = Recorder()
+        await nursery.start(a.run, Recorder())
+        await nursery.start(b.run, rec)
+        a.write(PresenceWrite(online("0xa1", x=7), True))
+        await a.flush()
+        await wait_until(lambda: heard(rec, "0xa1", 7))
+        with server.client(password="s3cret", db=3) as r3, \
+                server.client(password="s3cret", db=0) as r0:
+            assert r3.dbsize() > 0 and r0.dbsize() == 0
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_broken_direct_connection_is_replaced_at_the_next_flush(cluster, redis_server):
+    a, _ = await cluster("a", backoff_max_s=0.2)
+    _, rec = await cluster("b")
+    a.write(PresenceWrite(online("0xa1", x=1), True))
+    await a.flush()
+    with redis_server.client() as r:
+        # Every client connection of instance "a" dropped by Redis, the flusher's included.
+        r.client_kill_filter(_type="normal", skipme=True)
+    a.write(PresenceWrite(online("0xa1", x=3), True))
+    with trio.fail_after(10):
+        while True:
+            try:
+                await a.flush()
+                break
+            except StoreUnavailable:
+                await trio.sleep(0.05)
+    await wait_until(lambda: heard(rec, "0xa1", 3))
 
 
 # ---------------------------------------------------------------- login claims

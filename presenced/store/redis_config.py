@@ -20,6 +20,10 @@ class RedisStoreConfig:
     # The engine writes a user kept alive only by pings this often
     # (EngineConfig.touch_write_interval_ms).
     touch_write_interval_ms: int = 40_000
+    # Flushes go through a connection driven from the trio thread (presenced/store/
+    # redis_direct.py) instead of a worker thread; False: redis-py in a thread, as every
+    # other call (TLS and Unix-socket URLs always are).
+    direct_flush: bool = True
     # Connections to Redis, and the timeout on each call.
     pool_size: int = 16
     socket_timeout_s: float = 5.0

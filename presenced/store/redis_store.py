@@ -48,6 +48,7 @@ from presenced.store.friend_cache import FriendCache
 from presenced.store.redis_bridge import Listener
 from presenced.store.redis_codec import Message, decode_presence, encode_presence, entry, header
 from presenced.store.redis_config import RedisStoreConfig
+from presenced.store.redis_direct import DirectConnection
 from presenced.store.redis_feed import AuditStep, FeedTracker, Records, Snapshot
 from presenced.store.redis_health import Health, HealthMachine, persistence_problem
 from presenced.store.redis_scripts import SCRIPTS, Keys, Script
@@ -145,6 +146,10 @@ class RedisStore:
             url, max_connections=2, client_name=f"presenced-{self.instance_id}-sub", **common
         )
         self._sub_redis = redis.Redis(connection_pool=self._sub_pool)
+        # The flusher's own connection, driven from the trio thread (no thread hop per
+        # flush); None for TLS or Unix-socket URLs, whose flushes stay on redis-py.
+        self._direct = (DirectConnection.for_pool(self._pool, self._timeout)
+                        if config.direct_flush else None)
         self._limiter = trio.CapacityLimiter(config.pool_size)
 
         self._stats = StoreStats(shared=True)
@@ -285,6 +290,8 @@ class RedisStore:
             with trio.move_on_after(self._timeout + 1):
                 while self._limiter.borrowed_tokens:
                     await trio.sleep(0.01)
+        if self._direct is not None:
+            self._direct.close()
         self._redis.close()
         self._pool.disconnect()
         self._sub_pool.disconnect()
@@ -437,8 +444,8 @@ class RedisStore:
             self._batch = {}
             started = time.perf_counter()
             try:
-                epoch, orphaned, seq, online, offline = await self._io(
-                    self._flush_sync, list(ops.values()))
+                epoch, orphaned, seq, online, offline = await self._flush_ops(
+                    list(ops.values()))
             except REDIS_ERRORS as e:
                 self._requeue(ops)
                 self._failed("flush", e)
@@ -468,9 +475,18 @@ class RedisStore:
             self._report_status(online, True)
             self._report_status(offline, False)
 
-    def _flush_sync(
+    async def _flush_ops(
         self, ops: list[PresenceOp]
     ) -> tuple[str, list[tuple[int, list[str]]], int, list[str], list[str]]:
+        calls = self._flush_calls(ops)
+        direct = self._direct
+        if direct is None:
+            results = await self._io(self._eval_many, SCRIPTS["flush"], calls)
+        else:
+            results = await self._eval_direct(direct, SCRIPTS["flush"], calls)
+        return self._flush_results(results)
+
+    def _flush_calls(self, ops: list[PresenceOp]) -> list[list[Any]]:
         base: list[Any] = [self.keys.prefix, self.instance_id, _new_epoch(),
                            self.dead_after_ms, b"1" if self.on_status is not None else b"0"]
         calls: list[list[Any]] = []
@@ -487,7 +503,12 @@ class RedisStore:
                 args = list(base)
         if len(args) > len(base) or not calls:
             calls.append(args)
-        results = self._eval_many(SCRIPTS["flush"], calls)
+        return calls
+
+    @staticmethod
+    def _flush_results(
+        results: list[Any],
+    ) -> tuple[str, list[tuple[int, list[str]]], int, list[str], list[str]]:
         orphaned = [(int(r[2]), [a.decode() for a in r[1]]) for r in results if r[1]]
         seq = max(int(r[2]) for r in results)
         online = [a.decode() for r in results for a in r[3]]
@@ -516,9 +537,29 @@ class RedisStore:
         results = self._pipeline(script, calls)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
-            for s in SCRIPTS.values():
-                self._redis.script_load(s.source)
+            self._load_scripts()
             again = self._pipeline(script, [calls[i] for i in refused])
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _load_scripts(self) -> None:
+        for s in SCRIPTS.values():
+            self._redis.script_load(s.source)
+
+    async def _eval_direct(
+        self, direct: DirectConnection, script: Script, calls: list[list[Any]]
+    ) -> list[Any]:
+        """`_eval_many` on the flusher's direct connection (same NOSCRIPT rule)."""
+        commands = [("EVALSHA", script.sha, 1, self.keys.seen, *args) for args in calls]
+        results = await direct.pipeline(commands)
+        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if refused:
+            await self._io(self._load_scripts)
+            again = await direct.pipeline([commands[i] for i in refused])
             for i, result in zip(refused, again, strict=True):
                 results[i] = result
         for result in results:
