@@ -535,16 +535,11 @@ class RedisStore:
         their changes twice and hide what they changed.
         """
         results = self._pipeline(script, calls)
-        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        refused = _refused(results)
         if refused:
             self._load_scripts()
-            again = self._pipeline(script, [calls[i] for i in refused])
-            for i, result in zip(refused, again, strict=True):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
+            _put_back(results, refused, self._pipeline(script, [calls[i] for i in refused]))
+        return _checked(results)
 
     def _load_scripts(self) -> None:
         for s in SCRIPTS.values():
@@ -556,16 +551,11 @@ class RedisStore:
         """`_eval_many` on the flusher's direct connection (same NOSCRIPT rule)."""
         commands = [("EVALSHA", script.sha, 1, self.keys.seen, *args) for args in calls]
         results = await direct.pipeline(commands)
-        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        refused = _refused(results)
         if refused:
             await self._io(self._load_scripts)
-            again = await direct.pipeline([commands[i] for i in refused])
-            for i, result in zip(refused, again, strict=True):
-                results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return results
+            _put_back(results, refused, await direct.pipeline([commands[i] for i in refused]))
+        return _checked(results)
 
     def _pipeline(self, script: Script, calls: list[list[Any]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
@@ -1114,6 +1104,24 @@ class RedisStore:
                 claimed.append((int(seq), [a.decode() for a in got]))
             if int(candidates) < CLAIM_LIMIT or not got:
                 return claimed, epoch.decode(), last
+
+
+def _refused(results: list[Any]) -> list[int]:
+    """Indices of the script calls Redis refused for not knowing the script (NOSCRIPT)."""
+    return [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+
+
+def _put_back(results: list[Any], refused: list[int], again: list[Any]) -> None:
+    for i, result in zip(refused, again, strict=True):
+        results[i] = result
+
+
+def _checked(results: list[Any]) -> list[Any]:
+    """`results`, or the first error among them raised."""
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 __all__ = ["RedisStore"]
