@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.suite import cpu, loadrun  # noqa: E402
 from bench.suite.loadrun import FAST_SETTLE, RunSpec  # noqa: E402
 from bench.suite.procs import Server  # noqa: E402
-from bench.suite.profile import _py_spy  # noqa: E402
+from bench.suite.profile import _py_spy, samples  # noqa: E402
 from bench.suite.scales import FULL, QUICK  # noqa: E402
 
 TOP = 15
@@ -43,14 +43,12 @@ def by_thread(raw: str) -> Profile:
     own: dict[str, Counter[str]] = {}
     inclusive: dict[str, Counter[str]] = {}
     total = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in samples(raw):
         total += n
-        frames = [f.split(" (")[0] for f in stack.split(";")]
-        thread = frames[0]
+        # The first frame names the thread ("thread (0x7f..): MainThread"): kept whole, or
+        # every thread would be "thread"; the others lose their file and line.
+        thread = stack[0]
+        frames = [thread] + [f.split(" (")[0] for f in stack[1:]]
         threads[thread] += n
         own.setdefault(thread, Counter())[frames[-1]] += n
         seen = inclusive.setdefault(thread, Counter())

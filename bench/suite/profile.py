@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.suite.procs import PYTHON
@@ -37,18 +38,21 @@ def record(pid: int, seconds: float, keep: Path | None = None) -> dict:
         return summarize(raw.read_text())
 
 
+def samples(raw: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw output as (frames, outermost first; how many samples had that stack)."""
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack.split(";"), int(count)
+
+
 def summarize(raw: str, top: int = TOP) -> dict:
     """Self and inclusive shares of the busiest functions (idle samples are not recorded)."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for frames, n in samples(raw):
         total += n
-        frames = stack.split(";")
         own[frames[-1]] += n
         for frame in set(frames):
             inclusive[frame] += n

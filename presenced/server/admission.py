@@ -142,8 +142,7 @@ class Admission:
 
     def accepting(self) -> bool:
         """Whether the accept loop may take another socket now."""
-        limits = self.limits
-        return self.sockets < limits.sockets and self.pending < limits.pending
+        return self.blocking_limit() is None
 
     def blocking_limit(self) -> str | None:
         """The cap that keeps the accept loop waiting ("sockets", "awaiting_login"), or None

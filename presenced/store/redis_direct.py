@@ -54,7 +54,7 @@ class DirectConnection:
                    password=kwargs.get("password"), client_name=kwargs.get("client_name"),
                    timeout_s=timeout_s)
 
-    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send `commands` at once and return their replies in order. A command refused by
         Redis is a `redis.ResponseError` in the list (as redis-py's `raise_on_error=False`);
         a broken or slow connection raises."""
@@ -101,10 +101,10 @@ class DirectConnection:
                     self.close()
                     raise _error(reply)
 
-    async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         stream = self._stream
         assert stream is not None
-        await stream.send_all(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        await stream.send_all(b"".join(map(hiredis.pack_command, commands)))
         reader = self._reader
         replies: list[Any] = []
         while len(replies) < len(commands):

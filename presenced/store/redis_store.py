@@ -549,7 +549,7 @@ class RedisStore:
         self, direct: DirectConnection, script: Script, calls: list[list[Any]]
     ) -> list[Any]:
         """`_eval_many` on the flusher's direct connection (same NOSCRIPT rule)."""
-        commands = [("EVALSHA", script.sha, 1, self.keys.seen, *args) for args in calls]
+        commands = [self._script_call(script, args) for args in calls]
         results = await direct.pipeline(commands)
         refused = _refused(results)
         if refused:
@@ -557,12 +557,15 @@ class RedisStore:
             _put_back(results, refused, await direct.pipeline([commands[i] for i in refused]))
         return _checked(results)
 
+    def _script_call(self, script: Script, args: list[Any]) -> tuple[Any, ...]:
+        # One declared key, so that anything routing by key (a cluster proxy) sends the
+        # script to the slot all our keys share.
+        return ("EVALSHA", script.sha, 1, self.keys.seen, *args)
+
     def _pipeline(self, script: Script, calls: list[list[Any]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         for args in calls:
-            # One declared key, so that anything routing by key (a cluster
-            # proxy) sends the script to the slot all our keys share.
-            pipe.execute_command("EVALSHA", script.sha, 1, self.keys.seen, *args)
+            pipe.execute_command(*self._script_call(script, args))
         return pipe.execute(raise_on_error=False)
 
     async def _flusher(self) -> None:
