@@ -283,6 +283,16 @@ def test_simulate_against_a_stopped_daemon_fails_in_one_line():
         assert expected in lines[0]
 
 
+@pytest.mark.parametrize("option, value", [("--churn-fraction", "2"),
+                                           ("--subscribe-fraction", "-1"),
+                                           ("--online-fraction", "1.5")])
+def test_a_fraction_out_of_range_is_one_line_and_exit_2_before_any_daemon(option, value):
+    # Nothing listens on port 9 of the admin URL: the value is refused before it is asked.
+    result = run_simulate(option, value, admin_url="http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert option in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_simulate_refuses_a_pace_the_daemon_would_refuse():
     with Daemon() as daemon:  # defaults: 1 heartbeat per second, TTL 120 s
         # Heartbeats every second: the daemon would rate-limit them.

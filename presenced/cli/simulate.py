@@ -62,10 +62,10 @@ def simulate(
         "--seed", metavar="S",
         help="Seed of the graph, the users' keys and every random choice of the run.")] = 0,
     online_fraction: Annotated[float, typer.Option(
-        "--online-fraction", metavar="F",
+        "--online-fraction", min=0, max=1, metavar="F",
         help="Fraction of the graph's users that connect; the others never do.")] = 0.5,
     subscribe_fraction: Annotated[float, typer.Option(
-        "--subscribe-fraction", metavar="F",
+        "--subscribe-fraction", min=0, max=1, metavar="F",
         help="Fraction of the connecting users that subscribe to their friends' updates.")
     ] = 1.0,
     duration: Annotated[float, typer.Option(
@@ -104,7 +104,7 @@ def simulate(
         "--reconnect-delay", min=0, metavar="SECONDS",
         help="Simulated seconds a churned user stays away (uniform within ±50 %).")] = 10.0,
     churn_fraction: Annotated[float | None, typer.Option(
-        "--churn-fraction", metavar="F", show_default=False,
+        "--churn-fraction", min=0, max=1, metavar="F", show_default=False,
         help="Only this fraction of the connecting users churns, and never subscribes; the "
              "others stay connected all run and --subscribe-fraction picks subscribers among "
              "them: steady subscribers watching friends come and go (default: everyone "
