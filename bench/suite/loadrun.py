@@ -109,6 +109,9 @@ def run(spec: RunSpec, log: Callable[[str], None]) -> RunResult:
         with Simulation(server, load, seed_graph=False, targets=[s.url for s in servers]) as sim:
             ramp_s = sim.wait_ramped(ramp_budget + 120)
             time.sleep(spec.warmup_s)
+            # The latency simulate reports covers the window and what follows,
+            # not the ramp's tail and the warm-up.
+            sim.measure_from_now()
             window = measure(server, spec.window_s, redis=redis, generator_pid=sim.pid)
             files = server.open_files()
             if spec.after is not None:

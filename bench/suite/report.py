@@ -182,11 +182,15 @@ def target_rows(r: dict) -> list[Row]:
             statuses.append(f"{sc['undelivered']:,} undelivered")
         if files and max(files) >= FILE_LIMIT:
             statuses.append("a process at the file limit")
-        if (sc.get("connected") or 0) < SCALE_USERS:
+        away = sc.get("between_sessions", 0)
+        # Churning users are away between sessions: twice the expected number
+        # away is still a full population, more is users the server lost.
+        if (sc.get("connected") or 0) < SCALE_USERS - 2 * away:
             statuses.append(f"only {sc['connected']:,.0f} users")
         out.append((f"{SCALE_USERS:,} users, --workers {sc['workers']}",
                     f"{sc['run']['load']}; Redis store; generator on the same machine",
-                    f"{_f(sc.get('connected'))} users: p50 {_f(lat.get('p50'), 1)} / p99 "
+                    f"{_f(sc.get('connected'))} users connected (~{away:,} between churn "
+                    f"sessions): p50 {_f(lat.get('p50'), 1)} / p99 "
                     f"{_f(lat.get('p99'), 1)} ms, errors {sc.get('errors')}, undelivered "
                     f"{sc.get('undelivered')}, open files per process "
                     f"{', '.join(f'{n:,}' for n in files)}; server {sc['server_cpu_percent']:.0f}"

@@ -31,8 +31,13 @@ def run(scale: Scale, log: Callable[[str], None]) -> dict:
                                  WORKERS, scale.scale_window_s, 10.0), log)
     s = result.summary
     w = result.window
+    load = load_for(scale)
     return {
         "workers": WORKERS,
+        "online": load.online,
+        # With churn, a user is between sessions for `reconnect_delay` after
+        # each disconnect: that many are expected to be away at any moment.
+        "between_sessions": round(load.online * load.churn / 3600.0 * load.reconnect_delay),
         "connected": w.sessions,
         "open_files": result.open_files,
         "file_limit": FILE_LIMIT,

@@ -165,6 +165,11 @@ class Simulation:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def measure_from_now(self) -> None:
+        """Drop the latency samples so far: what simulate reports starts now."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR2)
+
     def end_load(self) -> None:
         """End the load phase now (simulate then stops, settles and reports)."""
         if self.proc is not None and self.proc.poll() is None:

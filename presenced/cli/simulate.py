@@ -186,7 +186,11 @@ def simulate(
 
     SIGUSR1 ends the load phase before --duration is up (the run then stops,
     settles and reports as usual): a caller that measures its own window can
-    end the load when it is done.
+    end the load when it is done. SIGUSR2 during the load phase drops the
+    latency samples so far, so that the reported latency starts then (after
+    the caller's warm-up, say). While the load runs, the generator's
+    processes do no automatic garbage collection: its pauses would count as
+    notify latency.
 
     A live display shows progress on a terminal; at the end a summary table
     is printed, or with --json one JSON object. Exit status 1 if any virtual

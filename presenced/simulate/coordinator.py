@@ -23,6 +23,8 @@ from typing import Any
 from presenced.simulate.measure import SENDER_SHIFT, Matcher, SendLog
 from presenced.simulate.plan import Population, SimConfig
 from presenced.simulate.report import (
+    CROSS_HISTOGRAM,
+    LOGIN_HISTOGRAM,
     Convergence,
     Totals,
     build_summary,
@@ -61,6 +63,9 @@ class _Handle:
         self.flushed_until = 0.0
         self.addresses: list[tuple[int, str]] | None = None
         self.ramped = False
+        # False from a latency restart (SIGUSR2) until the worker confirms it:
+        # the latency samples it sends meanwhile predate the restart.
+        self.measuring = True
         self.stopped = False
         self.final: dict[str, array] | None = None
         self.bye = False
@@ -90,7 +95,7 @@ class Coordinator:
         self.matcher = Matcher(self.log)
         # Parent-side matches land in the same histograms as the workers' deltas.
         self.matcher.histograms = self.totals.histograms[:3]
-        self.matcher.cross = self.totals.histograms[4]
+        self.matcher.cross = self.totals.histograms[CROSS_HISTOGRAM]
         self.pending: list[tuple[int, float, float, int]] = []
         self.owner = array("h", [-1]) * config.users
         self.phase = "starting"
@@ -105,6 +110,8 @@ class Coordinator:
         self._winding_down = False
         # Set (SIGUSR1) to end the load phase early; the run then stops and reports as usual.
         self.end_load = False
+        # Set (SIGUSR2) to measure latency again from now (taken by the pump).
+        self._measure_now = False
 
     def interrupt(self) -> None:
         """Stop the run at the next chance and report what was measured so far."""
@@ -116,19 +123,26 @@ class Coordinator:
         # SIGUSR1 ends the load phase early: a caller that measures its own
         # window (bench/) stops the load when it is done, whenever the load
         # phase began; the run then stops, settles and reports as usual.
+        # SIGUSR2 restarts the latency measurement: such a caller's window
+        # starts after a warm-up, and the latency it reports should too.
+        previous: dict[int, Any] = {}
         try:
-            previous = signal.signal(signal.SIGUSR1, self._end_load_now)
+            previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._end_load_now)
+            previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._restart_latency)
         except ValueError:  # not the main thread: no signal handling
-            previous = None
+            pass
         try:
             return self._run()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGUSR1, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self._shutdown()
 
     def _end_load_now(self, *_: object) -> None:
         self.end_load = True
+
+    def _restart_latency(self, *_: object) -> None:
+        self._measure_now = True
 
     def _run(self) -> dict[str, Any]:
         config = self.config
@@ -351,6 +365,8 @@ class Coordinator:
             h.ramped = True
         elif what == "stopped":
             h.stopped = True
+        elif what == "measuring":
+            h.measuring = True
         elif what == "final":
             h.final = message[2]
         elif what == "bye":
@@ -360,8 +376,10 @@ class Coordinator:
 
     def _on_stats(self, h: _Handle, stats: dict[str, Any]) -> None:
         h.stats = stats
-        for mine, delta in zip(self.totals.histograms, stats["histograms"], strict=True):
-            mine.merge(delta)
+        for i, (mine, delta) in enumerate(zip(self.totals.histograms, stats["histograms"],
+                                              strict=True)):
+            if h.measuring or i == LOGIN_HISTOGRAM:
+                mine.merge(delta)
         keys, times = stats["sends"]
         if keys:
             self.log.record_many(keys, times)
@@ -394,6 +412,12 @@ class Coordinator:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self._measure_now and self.phase == "load":
+            self._measure_now = False
+            self.matcher.restart(now)
+            for h in self.handles:
+                h.measuring = False
+                h.send(("measure", now))
         if now >= self._next_prune:
             self.log.prune(now)
             self._next_prune = now + 5.0

@@ -252,6 +252,12 @@ class Matcher:
         self.excluded = 0  # snapshot entries and updates caused during the ramp
         self.unmatched = 0
 
+    def restart(self, measure_from: float) -> None:
+        """Measure again from `measure_from`: the latency samples so far are dropped."""
+        self.measure_from = measure_from
+        for histogram in (*self.histograms, self.cross):
+            histogram.take()
+
     def match(self, key: int, arrival: float, since: float, cross: int = 0) -> bool:
         """False if the cause is not (yet) in the log; `cross` if the sender and the
         receiver are connected to different targets."""

@@ -23,6 +23,11 @@ EXAMPLES = 10
 SAMPLES = 5
 
 
+# Totals.histograms: notify, online, offline (as measure.KINDS), then these.
+LOGIN_HISTOGRAM = len(KINDS)
+CROSS_HISTOGRAM = len(KINDS) + 1
+
+
 @dataclass
 class Totals:
     """The sum of every worker's latest report, and everything merged so far."""
@@ -174,8 +179,8 @@ def build_summary(
         "notify_latency_ms": totals.histograms[0].summary(),
         "online_latency_ms": totals.histograms[1].summary(),
         "offline_latency_ms": totals.histograms[2].summary(),
-        "login_ms": totals.histograms[3].summary(),
-        "notify_cross_target_latency_ms": totals.histograms[4].summary()
+        "login_ms": totals.histograms[LOGIN_HISTOGRAM].summary(),
+        "notify_cross_target_latency_ms": totals.histograms[CROSS_HISTOGRAM].summary()
         if len(config.targets) > 1 else None,
         "live_updates": {
             "position": totals.matched[0],
