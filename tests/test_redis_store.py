@@ -865,3 +865,72 @@ async def test_a_login_claimed_by_one_instance_is_refused_by_the_others(cluster,
     await wait_until(lambda: a.healthy and b.healthy, timeout=10)
     await wait_until(lambda: len(refused) == 2, timeout=10)
     assert refused[1] in ("a3", "b3")
+
+
+# ------------------------------------------------ publishing only to listeners
+
+
+def publishes(redis_server) -> int:
+    """PUBLISH calls Redis has run so far (scripts' calls included)."""
+    r = redis_server.client()
+    try:
+        return int(r.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+    finally:
+        r.close()
+
+
+def counter(redis_server, store: RedisStore, origin: str) -> int:
+    r = redis_server.client()
+    try:
+        return int(r.hget(store.keys.seq, origin) or 0)
+    finally:
+        r.close()
+
+
+async def test_a_lone_instance_numbers_its_changes_but_sends_none(cluster, redis_server):
+    # No audit fence (a PUBLISH of its own) during the test.
+    a, ra = await cluster("a", redis_resync_interval_s=3600.0)
+    await ra.wait_for(lambda: a.healthy)
+    sent, seq = publishes(redis_server), counter(redis_server, a, "a")
+    for x in range(3):
+        a.write(PresenceWrite(online("0xu", x=x), True))
+        await a.flush()
+    assert counter(redis_server, a, "a") == seq + 3
+    assert publishes(redis_server) == sent
+
+    # A second instance reads the unsent changes in its snapshot, then hears
+    # the next one live.
+    b, rb = await cluster("b", redis_resync_interval_s=3600.0)
+    await rb.wait_for(lambda: rb.of(Resync))
+    assert [q.position.x for q, _ in rb.of(Resync)[0].records if q.address == "0xu"] == [2]
+    a.write(PresenceWrite(online("0xu", x=7), True))
+    await rb.wait_for(lambda: rb.of(RemotePresence))
+    assert rb.of(RemotePresence)[-1].presence.position.x == 7
+    assert publishes(redis_server) == sent + 1
+    assert b.stats.resyncs.get("gap", 0) == 0
+
+
+async def test_changes_are_sent_while_the_instance_own_listener_is_away(cluster, redis_server):
+    # a's listener stays away for a while once cut off.
+    a, ra = await cluster("a", backoff_min_s=30.0, backoff_max_s=30.0,
+                          redis_resync_interval_s=3600.0)
+    await ra.wait_for(lambda: a.healthy)
+    r = redis_server.client()
+    watcher = r.pubsub()
+    try:
+        assert r.client_kill_filter(_type="pubsub") == 1
+        await ra.wait_for(lambda: not a.healthy)
+        # Someone else listens now; a's own listener does not.
+        watcher.subscribe(a.keys.channel)
+        assert watcher.get_message(timeout=5)["type"] == "subscribe"
+        a.write(PresenceWrite(online("0xu", realm="heard"), True))
+        await a.flush()
+        assert not a.healthy
+        assert r.pubsub_numsub(a.keys.channel, a.keys.listening("a")) == [
+            (a.keys.channel.encode(), 1), (a.keys.listening("a").encode(), 0)]
+        m = watcher.get_message(timeout=5)
+        assert m is not None and m["type"] == "message"
+        assert m["data"].startswith(b"P1|a|") and b"0xu" in m["data"]
+    finally:
+        watcher.close()
+        r.close()

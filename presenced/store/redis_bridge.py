@@ -46,7 +46,7 @@ class Listener:
     def __init__(
         self,
         client: redis.Redis,
-        channel: str,
+        channels: tuple[str, ...],
         me: str,
         token: trio.lowlevel.TrioToken,
         *,
@@ -57,7 +57,7 @@ class Listener:
         backoff_max_s: float,
     ) -> None:
         self._client = client
-        self._channel = channel
+        self._channels = channels
         self._me = me
         self._token = token
         self._on_batch = on_batch
@@ -120,28 +120,33 @@ class Listener:
                     return
                 if self._stop.is_set():
                     return
+                # Closed at once: redis-py reconnects and subscribes once more
+                # as it reports the failure, and that connection would
+                # otherwise stay subscribed, unread, while we back off.
+                _close(pubsub)
                 if not self._to_trio(self._on_lost, f"{type(e).__name__}: {e}"):
                     return
                 delay = min(self.backoff_max_s, max(self.backoff_min_s, delay * 2))
                 self._stop.wait(delay)
             finally:
-                try:
-                    pubsub.close()
-                except Exception:
-                    # Closing a connection that already broke may fail too;
-                    # there is nothing left to release.
-                    pass
+                _close(pubsub)
 
     def _subscribe(self, pubsub: redis.client.PubSub) -> None:
-        pubsub.subscribe(self._channel)
-        # Wait for the confirmation: only from then on are messages ours, and
+        # One SUBSCRIBE for every channel: Redis takes them in one step, which
+        # the publishing scripts' count of listeners relies on.
+        pubsub.subscribe(*self._channels)
+        # Wait for the confirmations: only from then on are messages ours, and
         # only then may the store read a snapshot without missing anything.
         timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout") or 5.0
         waited = 0.0
+        confirmed = 0
         while not self._stop.is_set():
             m = pubsub.get_message(timeout=POLL_S)
             if m is not None and m["type"] == "subscribe":
-                return
+                confirmed += 1
+                if confirmed == len(self._channels):
+                    return
+                continue
             waited += POLL_S
             if waited >= timeout:
                 raise redis.TimeoutError("no subscribe confirmation")
@@ -176,3 +181,12 @@ class Listener:
                 batch.clear()
                 if not self._to_trio(self._on_batch, handed):
                     return
+
+
+def _close(pubsub: redis.client.PubSub) -> None:
+    try:
+        pubsub.close()
+    except Exception:
+        # Closing a connection that already broke may fail too; there is
+        # nothing left to release.
+        pass

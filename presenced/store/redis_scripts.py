@@ -41,11 +41,20 @@ local function current_epoch(candidate)
   end
   return e
 end
+-- The message is numbered in any case (snapshots carry the counters), but
+-- sent only if someone besides our own listener is subscribed: that listener
+-- also holds the channel events:<me>, so the difference of the two counts is
+-- everyone else. A listener that subscribes later reads a snapshot after its
+-- subscription is confirmed, and this script runs before or after that
+-- subscription as a whole, so no change is lost between the two.
 local function publish(me, epoch, entries)
   if #entries == 0 then return 0 end
   local seq = redis.call('HINCRBY', key('seq'), me, 1)
-  redis.call('PUBLISH', key('events'),
-             'P1|' .. me .. '|' .. epoch .. '|' .. seq .. '\\n' .. table.concat(entries))
+  local n = redis.call('PUBSUB', 'NUMSUB', key('events'), key('events:' .. me))
+  if n[2] > n[4] then
+    redis.call('PUBLISH', key('events'),
+               'P1|' .. me .. '|' .. epoch .. '|' .. seq .. '\\n' .. table.concat(entries))
+  end
   return seq
 end
 local function alive_others(me, tnow, dead_after)
@@ -369,6 +378,11 @@ class Keys:
     @property
     def channel(self) -> str:
         return self.k("events")
+
+    def listening(self, instance: str) -> str:
+        """The channel an instance's listener holds beside `channel`, so that a
+        script can count the listeners other than that instance's own."""
+        return self.k(f"events:{instance}")
 
     def own(self, instance: str) -> str:
         return self.k(f"own:{instance}")

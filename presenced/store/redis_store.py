@@ -229,7 +229,8 @@ class RedisStore:
         self._sink = sink
         config = self.config
         self._listener = Listener(
-            self._sub_redis, self.keys.channel, self.instance_id,
+            self._sub_redis, (self.keys.channel, self.keys.listening(self.instance_id)),
+            self.instance_id,
             trio.lowlevel.current_trio_token(),
             on_batch=self._on_batch, on_subscribed=self._on_subscribed, on_lost=self._on_lost,
             backoff_min_s=config.backoff_min_s, backoff_max_s=config.backoff_max_s,
