@@ -910,6 +910,29 @@ async def test_a_lone_instance_numbers_its_changes_but_sends_none(cluster, redis
     assert b.stats.resyncs.get("gap", 0) == 0
 
 
+async def test_changes_wait_for_the_interval_only_while_nobody_else_listens(cluster):
+    # Rare beacons (every 2.5 s): a change that arrives within a second came with a flush
+    # of its own, not with a beacon or the interval.
+    slow = {"redis_flush_interval_s": 3600.0, "redis_flush_min_gap_s": 0.0,
+            "engine": EngineConfig(ttl_ms=60_000, offline_grace_ms=GRACE)}
+    a, ra = await cluster("a", **slow)
+    await a.flush()
+    assert not a.others_listening
+    b, rb = await cluster("b", **slow)
+    await rb.wait_for(lambda: rb.of(Resync))
+    # a learns of b at its next flush...
+    a.write(PresenceWrite(online("0xr"), False))
+    await a.flush()
+    assert a.others_listening
+    # ...and from then on writes each change at once.
+    a.write(PresenceWrite(online("0xu"), True))
+    await rb.wait_for(lambda: rb.of(RemotePresence), timeout=1.0)
+    await b.aclose()
+    a.write(PresenceWrite(online("0xr"), False))
+    await a.flush()
+    assert not a.others_listening
+
+
 async def test_changes_are_sent_while_the_instance_own_listener_is_away(cluster, redis_server):
     # a's listener stays away for a while once cut off.
     a, ra = await cluster("a", backoff_min_s=30.0, backoff_max_s=30.0,

@@ -158,7 +158,8 @@ def serve(
     redis_flush_interval: Annotated[float, typer.Option(
         envvar=_env("REDIS_FLUSH_INTERVAL"), min=0.001,
         help="Seconds a presence write that changes nothing for others (a refresh) may wait "
-             "before it is written to Redis, batched with others.")
+             "before it is written to Redis, batched with others; changes wait as long while "
+             "no other instance listens.")
     ] = _SERVER.redis_flush_interval_s,
     redis_flush_min_gap: Annotated[float, typer.Option(
         envvar=_env("REDIS_FLUSH_MIN_GAP"), min=0,

@@ -47,11 +47,14 @@ end
 -- everyone else. A listener that subscribes later reads a snapshot after its
 -- subscription is confirmed, and this script runs before or after that
 -- subscription as a whole, so no change is lost between the two.
+local function listeners_besides(me)
+  local n = redis.call('PUBSUB', 'NUMSUB', key('events'), key('events:' .. me))
+  return n[2] - n[4]
+end
 local function publish(me, epoch, entries)
   if #entries == 0 then return 0 end
   local seq = redis.call('HINCRBY', key('seq'), me, 1)
-  local n = redis.call('PUBSUB', 'NUMSUB', key('events'), key('events:' .. me))
-  if n[2] > n[4] then
+  if listeners_besides(me) > 0 then
     redis.call('PUBLISH', key('events'),
                'P1|' .. me .. '|' .. epoch .. '|' .. seq .. '\\n' .. table.concat(entries))
   end
@@ -82,12 +85,13 @@ end
 # ARGV: prefix, me, epoch candidate, dead_after_ms, transitions ('1': report
 # them, '0'), then groups of four: kind ('W' changed write, 'w' refresh, 'L'
 # leave), address, last_seen_ms, blob.
-# Returns {epoch, orphaned, seq, online, offline}: `orphaned` are users we
+# Returns {epoch, orphaned, seq, online, offline, listeners}: `orphaned` are users we
 # made offline whose entries from dead instances we removed (our own engine
 # may still count those instances as owners); `seq` is the number of the
 # message published (0 if none); with transitions, `online` are the users
 # this batch made online anywhere and `offline` those it made offline
-# everywhere (each transition is seen by exactly one script run).
+# everywhere (each transition is seen by exactly one script run); `listeners`
+# is how many subscribers of the change channel are not our own listener.
 FLUSH = _PRELUDE + """
 local me = ARGV[2]
 local tnow = redis_now()
@@ -162,7 +166,7 @@ if #waddr > 0 then
   end
 end
 local seq = publish(me, epoch, entries)
-return {epoch, orphaned, seq, online, offline}
+return {epoch, orphaned, seq, online, offline, listeners_besides(me)}
 """
 
 # ARGV: prefix, me, epoch candidate, now_ms, ttl_ms, margin_ms, dead_after_ms,

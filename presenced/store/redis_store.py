@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from sys import intern
 from typing import Any, TypeVar
 
@@ -78,6 +79,21 @@ CLAIM_LIMIT = 2000
 SOURCE_RETRY_MAX_S = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class FlushReply:
+    """What the flush scripts of one batch answered (redis_scripts.FLUSH)."""
+
+    epoch: str
+    # (message number, users) we made offline whose dead owners' entries we removed.
+    orphaned: list[tuple[int, list[str]]]
+    seq: int
+    # Transitions this batch caused, when asked for (--publish-social-status).
+    online: list[str]
+    offline: list[str]
+    # Someone besides our own listener follows the change channel.
+    others_listening: bool
+
+
 def _new_epoch() -> str:
     # Fresh for every call that may create the epoch: an instance that
     # re-created it with the same value after a Redis restart would not
@@ -112,6 +128,11 @@ class RedisStore:
         # Set by `write` when a change others must hear of waits: the flusher then writes
         # without waiting for its interval (see RedisStoreConfig.flush_min_gap_s).
         self._change_waiting = trio.Event()
+        # Whether another instance listened at our last flush (its script counts the change
+        # channel's subscribers). When none does, nobody waits for our changes: they join
+        # the refreshes, written every flush interval, instead of one small flush each.
+        # A new listener is seen at our next flush, which publishes to it already.
+        self._others_listening = True
         # Set when something is queued for Redis while nothing was: an idle flusher sleeps
         # on it (and the beacon) instead of waking every flush interval to find nothing.
         self._work_queued = trio.Event()
@@ -190,6 +211,11 @@ class RedisStore:
     @property
     def healthy(self) -> bool:
         return self._health.state is Health.HEALTHY
+
+    @property
+    def others_listening(self) -> bool:
+        """Another instance followed the change channel at our last flush."""
+        return self._others_listening
 
     @property
     def stats(self) -> StoreStats:
@@ -369,7 +395,7 @@ class RedisStore:
             self._friends.drop(address)
             batch[address] = op
         change_waiting = self._change_waiting
-        if not change_waiting.is_set():
+        if self._others_listening and not change_waiting.is_set():
             change_waiting.set()
 
     # ----------------------------------------------------------- login claims
@@ -445,8 +471,7 @@ class RedisStore:
             self._batch = {}
             started = time.perf_counter()
             try:
-                epoch, orphaned, seq, online, offline = await self._flush_ops(
-                    list(ops.values()))
+                reply = await self._flush_ops(list(ops.values()))
             except REDIS_ERRORS as e:
                 self._requeue(ops)
                 self._failed("flush", e)
@@ -466,19 +491,18 @@ class RedisStore:
                 stats.writes_flushed += len(ops)
                 stats.flush_latency.observe(time.perf_counter() - started)
             self._succeeded()
-            self._script_replied(epoch, seq)
-            if orphaned:
+            self._script_replied(reply.epoch, reply.seq)
+            self._others_listening = reply.others_listening
+            if reply.orphaned:
                 # We made these users offline cluster-wide and removed entries
                 # of dead instances that our own engine may still count as
                 # owners: tell it, as other instances are told by the 'G'.
-                self._feed.expired_here(orphaned)
-                self._emit([Expired(a) for _, addresses in orphaned for a in addresses])
-            self._report_status(online, True)
-            self._report_status(offline, False)
+                self._feed.expired_here(reply.orphaned)
+                self._emit([Expired(a) for _, addresses in reply.orphaned for a in addresses])
+            self._report_status(reply.online, True)
+            self._report_status(reply.offline, False)
 
-    async def _flush_ops(
-        self, ops: list[PresenceOp]
-    ) -> tuple[str, list[tuple[int, list[str]]], int, list[str], list[str]]:
+    async def _flush_ops(self, ops: list[PresenceOp]) -> FlushReply:
         calls = self._flush_calls(ops)
         direct = self._direct
         if direct is None:
@@ -507,14 +531,15 @@ class RedisStore:
         return calls
 
     @staticmethod
-    def _flush_results(
-        results: list[Any],
-    ) -> tuple[str, list[tuple[int, list[str]]], int, list[str], list[str]]:
-        orphaned = [(int(r[2]), [a.decode() for a in r[1]]) for r in results if r[1]]
-        seq = max(int(r[2]) for r in results)
-        online = [a.decode() for r in results for a in r[3]]
-        offline = [a.decode() for r in results for a in r[4]]
-        return results[-1][0].decode(), orphaned, seq, online, offline
+    def _flush_results(results: list[Any]) -> FlushReply:
+        return FlushReply(
+            epoch=results[-1][0].decode(),
+            orphaned=[(int(r[2]), [a.decode() for a in r[1]]) for r in results if r[1]],
+            seq=max(int(r[2]) for r in results),
+            online=[a.decode() for r in results for a in r[3]],
+            offline=[a.decode() for r in results for a in r[4]],
+            others_listening=int(results[-1][5]) > 0,
+        )
 
     def _report_status(self, addresses: list[str], online: bool) -> None:
         on_status = self.on_status
@@ -582,7 +607,8 @@ class RedisStore:
                         await self._work_queued.wait()
                 self._work_queued = trio.Event()
                 # A change is written at once, or `flush_min_gap` after the previous flush
-                # (changes arriving meanwhile join it); refreshes wait for the interval.
+                # (changes arriving meanwhile join it); refreshes wait for the interval, and
+                # so do changes while no other instance listens (`write` sees to that).
                 # The beacon is due however long the interval: an instance silent for
                 # `dead_after_ms` no longer counts as alive.
                 wait = min(self._flush_interval, next_beacon - trio.current_time())
