@@ -234,6 +234,10 @@ class Worker:
                 self.send(("measuring", self.id))
             elif what == "stop":
                 self.marks["stop"] = self._mark()
+                # The report covers the load phase: collections while the users
+                # disconnect are not counted.
+                if self.gc in gc.callbacks:
+                    gc.callbacks.remove(self.gc)
                 gc.enable()
                 self._stop()
             elif what == "report":
