@@ -31,7 +31,7 @@ def test_limits_derive_from_the_descriptor_limit():
                             max_pending=0, max_pending_per_source=0, login_timeout_s=30)
     assert derived.sockets == 20_000 - fd_reserve(16)
     assert derived.logged_in == derived.sockets
-    assert derived.pending == min(16384, derived.sockets // 2)
+    assert derived.pending == min(16384, derived.sockets)
     assert derived.pending_per_source == 64
     tiny = derive_limits(nofile=50, redis_pool_size=0, max_connections=0, max_pending=0,
                          max_pending_per_source=0, login_timeout_s=30)

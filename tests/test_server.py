@@ -644,7 +644,7 @@ def test_the_default_caps_come_from_the_descriptor_limit():
     limits = server_limits(ServerConfig())
     assert limits.sockets == open_files_limit() - fd_reserve(0)
     assert limits.logged_in == limits.sockets
-    assert 0 < limits.pending <= limits.sockets // 2
+    assert limits.pending == min(16384, limits.sockets)
     assert limits.pending_per_source == 64
     redis = server_limits(ServerConfig(redis_url="redis://127.0.0.1:1/0"), nofile=20_000)
     assert redis.sockets == 20_000 - fd_reserve(16)

@@ -245,8 +245,8 @@ def serve(
     max_pending_logins: Annotated[int, typer.Option(
         envvar=_env("MAX_PENDING_LOGINS"), min=0,
         help="Sockets awaiting their login at once, in total; at the limit new clients wait "
-             "in the listen backlog. 0: half of what the open-files limit allows, at "
-             "most 16384.")] = _SERVER.max_pending_logins,
+             "in the listen backlog. 0: what the open-files limit allows, at most "
+             "16384.")] = _SERVER.max_pending_logins,
     max_pending_logins_per_address: Annotated[int, typer.Option(
         envvar=_env("MAX_PENDING_LOGINS_PER_ADDRESS"), min=0,
         help="Sockets awaiting their login from one source address (an IPv6 /64) past which "

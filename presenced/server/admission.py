@@ -55,11 +55,12 @@ LOGIN_GRACE_S = 3.0
 # admin endpoint clients (Prometheus, probes, an operator's CLI), PostgreSQL, DNS, the
 # profiles client; the Redis pool comes on top.
 FD_RESERVE_BASE = 96
-# Sockets awaiting login in total, at most: half the socket cap, so that silent sockets from
-# many addresses cannot take every descriptor from logged-in users, and enough for a
-# reconnect storm of a full server to wait in memory (about 1.4 KB each) rather than in SYN
-# retransmissions once the listen backlog is full.
-PENDING_SHARE = 2
+# Sockets awaiting login in total, at most: the socket cap, up to this. A reconnect storm
+# of a full server then waits in memory (about 1.4 KB a socket) rather than in SYN
+# retransmissions once the listen backlog is full: with half the socket cap, 19,000 users
+# dropped at once were all back after 27 s, 4,841 of their connects timing out after 1, 3
+# and 7 s of SYN back-off; with this, after 12 s and none (docs/performance.md). Silent
+# sockets are bounded by the per-address limit and the login timeout, not by this cap.
 PENDING_CAP = 16384
 PENDING_PER_SOURCE = 64
 
@@ -85,7 +86,7 @@ def derive_limits(*, nofile: int, redis_pool_size: int, max_connections: int,
                   login_timeout_s: float) -> Limits:
     """The limits in force: each 0 in the configuration is derived from `nofile`."""
     sockets = max(16, nofile - fd_reserve(redis_pool_size))
-    pending = max_pending or max(16, min(PENDING_CAP, sockets // PENDING_SHARE))
+    pending = max_pending or max(16, min(PENDING_CAP, sockets))
     return Limits(
         sockets=sockets,
         logged_in=max_connections or sockets,

@@ -31,7 +31,7 @@ class ServerConfig:
     # Logged-in connections at once; past it a login is refused with 1013. 0: as many as the
     # process's descriptor limit allows, less a reserve (presenced/server/admission.py).
     max_connections: int = 0
-    # Sockets awaiting their login at once, in total (0: half the socket cap, at most
+    # Sockets awaiting their login at once, in total (0: the socket cap, at most
     # 16384; past it the accept loop pauses), and per source address (0: 64; past it the
     # silent ones are closed with 1013 once they have waited 3 s).
     max_pending_logins: int = 0
