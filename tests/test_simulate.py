@@ -109,12 +109,18 @@ def test_histogram_percentiles_within_one_percent():
     assert Histogram().summary()["p50"] is None
 
 
-def test_matcher_counts_live_updates_only():
+def matcher_with_one_send() -> tuple[SendLog, Matcher, int]:
+    """A matcher measuring from t=100, and a position change sent at t=101."""
     log = SendLog(retention_s=60)
     matcher = Matcher(log)
     matcher.measure_from = 100.0
     key = (1 << SENDER_SHIFT) | position_key(0, 1, 1)
     log.record(key, 101.0)
+    return log, matcher, key
+
+
+def test_matcher_counts_live_updates_only():
+    log, matcher, key = matcher_with_one_send()
     assert matcher.match(key, 101.05, since=50.0)
     assert matcher.histograms[0].count == 1
     assert abs(matcher.histograms[0].max - 50.0) < 1e-6
@@ -129,11 +135,7 @@ def test_matcher_counts_live_updates_only():
 
 
 def test_matcher_restart_drops_the_samples_so_far():
-    log = SendLog(retention_s=60)
-    matcher = Matcher(log)
-    matcher.measure_from = 100.0
-    key = (1 << SENDER_SHIFT) | position_key(0, 1, 1)
-    log.record(key, 101.0)
+    log, matcher, key = matcher_with_one_send()
     assert matcher.match(key, 101.5, since=50.0, cross=1)
     assert matcher.histograms[0].count == 1 and matcher.cross.count == 1
     matcher.restart(110.0)

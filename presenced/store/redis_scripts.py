@@ -51,10 +51,11 @@ local function listeners_besides(me)
   local n = redis.call('PUBSUB', 'NUMSUB', key('events'), key('events:' .. me))
   return n[2] - n[4]
 end
-local function publish(me, epoch, entries)
+-- `others`: listeners_besides(me) if the caller has it already.
+local function publish(me, epoch, entries, others)
   if #entries == 0 then return 0 end
   local seq = redis.call('HINCRBY', key('seq'), me, 1)
-  if listeners_besides(me) > 0 then
+  if (others or listeners_besides(me)) > 0 then
     redis.call('PUBLISH', key('events'),
                'P1|' .. me .. '|' .. epoch .. '|' .. seq .. '\\n' .. table.concat(entries))
   end
@@ -165,8 +166,9 @@ if #waddr > 0 then
     end
   end
 end
-local seq = publish(me, epoch, entries)
-return {epoch, orphaned, seq, online, offline, listeners_besides(me)}
+local others = listeners_besides(me)
+local seq = publish(me, epoch, entries, others)
+return {epoch, orphaned, seq, online, offline, others}
 """
 
 # ARGV: prefix, me, epoch candidate, now_ms, ttl_ms, margin_ms, dead_after_ms,
